@@ -1,0 +1,164 @@
+"""Config files, command-line overrides and validation — all before anything is compiled.
+
+A config is a Python file whose ``get_config()`` returns an ``ml_collections.ConfigDict``
+(big_vision style). Overrides are ``--config.a.b=value`` strings; the value is parsed with the
+type of the existing field, and an unknown key or a badly typed value is a ``ConfigError`` that
+names the key.
+"""
+
+from __future__ import annotations
+
+import ast
+import importlib.util
+from collections.abc import Sequence
+from pathlib import Path
+
+import ml_collections
+
+
+class ConfigError(ValueError):
+    """A config problem, raised before compilation; the message names the key."""
+
+
+def load_config(path: str | Path, overrides: Sequence[str] = ()) -> ml_collections.ConfigDict:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist")
+    spec = importlib.util.spec_from_file_location(f"_onepiece_config_{path.stem}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    if not hasattr(module, "get_config"):
+        raise ConfigError(f"config file {path} defines no get_config()")
+    config = module.get_config()
+    apply_overrides(config, overrides)
+    validate(config)
+    return config
+
+
+def parse_override(text: str) -> tuple[str, str]:
+    body = text[2:] if text.startswith("--") else text
+    if not body.startswith("config.") or "=" not in body:
+        raise ConfigError(f"override {text!r}: expected --config.KEY=VALUE")
+    key, value = body[len("config."):].split("=", 1)
+    return key, value
+
+
+def _coerce(key: str, old, raw: str):
+    if isinstance(old, bool):
+        if raw.lower() in ("true", "1", "yes"):
+            return True
+        if raw.lower() in ("false", "0", "no"):
+            return False
+        raise ConfigError(f"config.{key}: expected a bool, got {raw!r}")
+    if isinstance(old, int | float) and not isinstance(old, bool):
+        try:
+            value = ast.literal_eval(raw)
+        except (ValueError, SyntaxError) as e:
+            raise ConfigError(f"config.{key}: expected a number, got {raw!r}") from e
+        if isinstance(old, int) and not (isinstance(value, int) and not isinstance(value, bool)):
+            raise ConfigError(f"config.{key}: expected an int, got {raw!r}")
+        if isinstance(old, float) and not isinstance(value, int | float):
+            raise ConfigError(f"config.{key}: expected a float, got {raw!r}")
+        return type(old)(value)
+    if isinstance(old, tuple | list):
+        try:
+            value = ast.literal_eval(raw)
+        except (ValueError, SyntaxError):
+            value = tuple(v for v in raw.split(",") if v)
+        if isinstance(value, str):
+            value = (value,)
+        if not isinstance(value, tuple | list):
+            raise ConfigError(f"config.{key}: expected a tuple, got {raw!r}")
+        return tuple(value)
+    if old is None or isinstance(old, str):
+        return None if raw == "None" and old is None else raw
+    raise ConfigError(f"config.{key}: cannot override a {type(old).__name__} from the command line")
+
+
+def apply_overrides(config: ml_collections.ConfigDict, overrides: Sequence[str]) -> None:
+    for text in overrides:
+        key, raw = parse_override(text)
+        node = config
+        parts = key.split(".")
+        for i, part in enumerate(parts[:-1]):
+            if part not in node or not isinstance(node[part], ml_collections.ConfigDict):
+                raise ConfigError(f"config.{'.'.join(parts[:i + 1])}: unknown key")
+            node = node[part]
+        leaf = parts[-1]
+        if leaf not in node:
+            known = ", ".join(sorted(node.keys()))
+            raise ConfigError(f"config.{key}: unknown key (known here: {known})")
+        node[leaf] = _coerce(key, node[leaf], raw)
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+    """Cross-field checks that need no data; data-dependent ones run when the dataset is read."""
+    required = ("mode", "tasks", "dataset", "context", "model", "loss", "train", "eval")
+    for key in required:
+        if key not in config:
+            raise ConfigError(f"config.{key}: missing")
+    if config.mode not in ("retrieval", "ranking"):
+        raise ConfigError(f"config.mode={config.mode!r}: expected 'retrieval' or 'ranking'")
+    model, ctx, loss = config.model, config.context, config.loss
+    k = model.reasoning_steps
+    if k < 0:
+        raise ConfigError(f"config.model.reasoning_steps={k}: must be >= 0")
+    if k > model.rpe_size:
+        raise ConfigError(f"config.model.reasoning_steps={k} exceeds the reasoning position "
+                          f"table config.model.rpe_size={model.rpe_size}")
+    if loss.strategy == "progressive" and k > 0 and k != len(config.tasks):
+        raise ConfigError(f"config.loss.strategy='progressive' needs one task per step: "
+                          f"config.model.reasoning_steps={k} but config.tasks has "
+                          f"{len(config.tasks)} ({', '.join(config.tasks)})")
+    if config.mode == "retrieval" and model.readout == "block" and not model.use_sd:
+        raise ConfigError("config.model.readout='block' in retrieval reads the 2 SD tokens "
+                          "(M = |SD|); it needs config.model.use_sd=True (or readout='last_token')")
+    if config.mode == "ranking":
+        c = ctx.num_candidates
+        if c < 1 or ctx.max_candidates % c:
+            raise ConfigError(f"config.context.num_candidates={c} must divide "
+                              f"config.context.max_candidates={ctx.max_candidates}")
+        if model.readout != "block":
+            raise ConfigError("config.model.readout: ranking reads one row per candidate "
+                              "(M = C); use readout='block'")
+    if config.train.batch_size < 1:
+        raise ConfigError(f"config.train.batch_size={config.train.batch_size}: must be >= 1")
+    if config.loss.kind not in ("onepiece", "next_item_softmax"):
+        raise ConfigError(f"config.loss.kind={config.loss.kind!r}: expected 'onepiece' or "
+                          "'next_item_softmax'")
+    if config.loss.kind == "next_item_softmax" and config.mode != "retrieval":
+        raise ConfigError("config.loss.kind='next_item_softmax' is a retrieval loss")
+
+
+def base_config() -> ml_collections.ConfigDict:
+    """Every field with its default (SPEC §7); config files start from this and change a few."""
+    c = ml_collections.ConfigDict()
+    c.mode = "retrieval"
+    c.tasks = ("window", "next")  # one per reasoning step under the progressive strategy
+    c.seed = 0
+    c.dataset = ml_collections.ConfigDict(dict(
+        name="ml100k", path="", build_dir="",
+        session_seconds=86400, session_negatives=20))  # ranking requests from sessions (Taobao)
+    c.context = ml_collections.ConfigDict(dict(
+        ih_max_len=50, pa_groups=(), pa_group_size=10, pa_key="global",
+        pa_window_seconds=7 * 86400, pa_bucket_seconds=86400, pool_window=5,
+        num_candidates=12, max_candidates=96, val_fraction=0.1, test_fraction=0.1))
+    c.model = ml_collections.ConfigDict(dict(
+        d_model=64, num_layers=2, num_heads=4, ffn_mult=4, dropout=0.1, feature_dim=16,
+        attention="softmax", attention_impl="", compute_dtype="float32",
+        base_mask="bidirectional", cis_visible=True, prefix_sees_cis=True,
+        reasoning_steps=2, rpe_size=4, readout="block", use_side_info=True, use_pa=True,
+        use_sd=True, item_tower="mlp", head_hidden=64, use_kv_cache=True))
+    c.loss = ml_collections.ConfigDict(dict(
+        kind="onepiece", strategy="progressive", eta=0.07, rank_eta=1.0,
+        negatives=ml_collections.ConfigDict(dict(uniform=20, popular=10, same_category=5,
+                                                 in_batch=True))))
+    c.train = ml_collections.ConfigDict(dict(
+        batch_size=256, epochs=20, learning_rate=1e-3, warmup_steps=200, weight_decay=0.0,
+        clip_norm=1.0, eval_every_epochs=1, early_stop_metric="NDCG@10",
+        early_stop_patience=5, keep_checkpoints=2, log_every_steps=50, max_steps=0,
+        nonfinite_policy="stop"))
+    c.eval = ml_collections.ConfigDict(dict(
+        ks=(10, 50, 200), exclude_history=True, batch_size=512, item_chunk=4096))
+    c.mesh = ml_collections.ConfigDict(dict(data=-1))
+    return c
