@@ -1,0 +1,244 @@
+"""Losses against plain NumPy reference loops, padding invariance and the task curriculum."""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from onepiece_jax.train.losses import (
+    next_item_softmax_loss,
+    ranking_step_loss,
+    retrieval_step_loss,
+    sampled_softmax_loss,
+    task_assignment,
+)
+
+ETA = 0.5
+
+
+def _log_sigmoid(x: float) -> float:
+    return -math.log1p(math.exp(-x)) if x >= 0 else x - math.log1p(math.exp(x))
+
+
+def _bce(s: float, y: float) -> float:
+    return -(y * _log_sigmoid(s) + (1 - y) * _log_sigmoid(-s))
+
+
+def _retrieval_batch(seed: int = 0):
+    rng = np.random.default_rng(seed)
+    batch, pool, dim = 4, 5, 3
+    user = rng.normal(size=(batch, dim)).astype(np.float32)
+    items = rng.normal(size=(batch, pool, dim)).astype(np.float32)
+    label = np.array([[1, 0, 0, 1, 0],
+                      [1, 1, 0, 0, 0],
+                      [1, 1, 0, 0, 0],   # valid mask below leaves this example no negative
+                      [0, 1, 0, 1, 1]], np.float32)
+    valid = np.array([[1, 1, 1, 1, 0],
+                      [1, 1, 1, 0, 0],
+                      [1, 1, 0, 0, 0],
+                      [1, 1, 1, 1, 1]], bool)
+    example_mask = np.array([True, True, True, False])
+    return user, items, label, valid, example_mask
+
+
+def _retrieval_reference(user, items, label, valid, example_mask, eta):
+    users = [b for b in range(len(user)) if example_mask[b]]
+    total = {"bce": 0.0, "u2i": 0.0, "i2u": 0.0}
+    for b in users:
+        r = user[b].astype(np.float64)
+        scores = {p: float(r @ items[b, p]) for p in range(items.shape[1]) if valid[b, p]}
+        negatives = [s for p, s in scores.items() if label[b, p] <= 0.5]
+        for p, s in scores.items():
+            total["bce"] += _bce(s, float(label[b, p]))
+            if label[b, p] > 0.5:
+                denominator = math.exp(s / eta) + sum(math.exp(n / eta) for n in negatives)
+                total["u2i"] += -math.log(math.exp(s / eta) / denominator)
+                all_users = sum(math.exp(float(user[c] @ items[b, p]) / eta) for c in users)
+                total["i2u"] += -math.log(math.exp(s / eta) / all_users)
+    return {name: value / len(users) for name, value in total.items()}
+
+
+def test_retrieval_step_loss_matches_numpy_reference_loops():
+    batch = _retrieval_batch()
+    loss, parts = jax.jit(retrieval_step_loss, static_argnames="eta")(*batch, eta=ETA)
+    reference = _retrieval_reference(*batch, ETA)
+    for name in ("bce", "u2i", "i2u"):
+        np.testing.assert_allclose(float(parts[name]), reference[name], rtol=1e-5)
+    np.testing.assert_allclose(float(loss), sum(reference.values()), rtol=1e-5)
+
+
+def test_retrieval_u2i_ignores_other_positives_and_is_zero_without_negatives():
+    user, items, label, valid, example_mask = _retrieval_batch()
+    only_third = np.array([False, False, True, False])
+    _, parts = retrieval_step_loss(user, items, label, valid, only_third, ETA)
+    # The third example has two positives and no valid negative: the U2I term is exactly 0
+    # (positives do not compete with each other), and with one valid user I2U is 0 too.
+    assert float(parts["u2i"]) == 0.0
+    assert float(parts["i2u"]) == pytest.approx(0.0, abs=1e-6)
+
+
+def _perturbed_padding(user, items, label, valid, example_mask, rng):
+    user, items, label = user.copy(), items.copy(), label.copy()
+    pad = ~valid | ~example_mask[:, None]
+    items[pad] = rng.normal(size=items[pad].shape) * 1e3
+    items[0, 4, 0] = np.nan
+    label[pad] = 1.0 - label[pad]
+    user[~example_mask] = np.inf
+    return user, items, label, valid, example_mask
+
+
+def test_retrieval_padding_changes_neither_loss_nor_gradients():
+    batch = _retrieval_batch()
+    perturbed = _perturbed_padding(*batch, np.random.default_rng(1))
+    grad_fn = jax.value_and_grad(
+        lambda u, z, *rest: retrieval_step_loss(u, z, *rest, eta=ETA)[0], argnums=(0, 1))
+    (loss, (grad_u, grad_z)) = grad_fn(*batch)
+    (loss_p, (grad_u_p, grad_z_p)) = grad_fn(*perturbed)
+    assert float(loss) == float(loss_p)
+    np.testing.assert_array_equal(grad_u, grad_u_p)
+    np.testing.assert_array_equal(grad_z, grad_z_p)
+    _, _, _, valid, example_mask = batch
+    assert np.all(np.asarray(grad_z)[~valid | ~example_mask[:, None]] == 0)
+    assert np.all(np.asarray(grad_u)[~example_mask] == 0)
+
+
+def _ranking_batch():
+    rng = np.random.default_rng(2)
+    logits = rng.normal(size=(3, 4)).astype(np.float32) * 2
+    label = np.array([[1, 0, 1, 0], [0, 0, 0, 1], [1, 1, 0, 0]], np.float32)
+    valid = np.array([[1, 1, 1, 1], [1, 1, 0, 0], [1, 1, 1, 0]], bool)
+    example_mask = np.array([True, True, False])
+    return logits, label, valid, example_mask
+
+
+def test_ranking_step_loss_matches_numpy_reference_loops():
+    logits, label, valid, example_mask = _ranking_batch()
+    loss, parts = jax.jit(ranking_step_loss, static_argnames="eta")(
+        logits, label, valid, example_mask, eta=ETA)
+    bce = scl = 0.0
+    examples = [b for b in range(3) if example_mask[b]]
+    for b in examples:
+        group = [i for i in range(4) if valid[b, i]]
+        denominator = sum(math.exp(logits[b, j] / ETA) for j in group)
+        for i in group:
+            bce += _bce(float(logits[b, i]), float(label[b, i]))
+            if label[b, i] > 0.5:
+                scl += -math.log(math.exp(logits[b, i] / ETA) / denominator)
+    np.testing.assert_allclose(float(parts["bce"]), bce / len(examples), rtol=1e-5)
+    np.testing.assert_allclose(float(parts["scl"]), scl / len(examples), rtol=1e-5)
+    np.testing.assert_allclose(float(loss), (bce + scl) / len(examples), rtol=1e-5)
+
+
+def test_ranking_scl_is_zero_for_single_candidate_groups():
+    logits = np.array([[3.0], [-1.0]], np.float32)
+    _, parts = ranking_step_loss(logits, np.ones((2, 1), np.float32), np.ones((2, 1), bool),
+                                 np.ones(2, bool), ETA)
+    assert float(parts["scl"]) == pytest.approx(0.0, abs=1e-7)
+
+
+def test_ranking_padding_changes_neither_loss_nor_gradients():
+    logits, label, valid, example_mask = _ranking_batch()
+    pad = ~valid | ~example_mask[:, None]
+    logits_p, label_p = logits.copy(), label.copy()
+    logits_p[pad] = 1e4
+    logits_p[2, 0] = np.nan
+    label_p[pad] = 1.0 - label_p[pad]
+    grad_fn = jax.value_and_grad(lambda s, y: ranking_step_loss(s, y, valid, example_mask, ETA)[0])
+    loss, grad = grad_fn(logits, label)
+    loss_p, grad_p = grad_fn(logits_p, label_p)
+    assert float(loss) == float(loss_p)
+    np.testing.assert_array_equal(grad, grad_p)
+    assert np.all(np.asarray(grad)[pad] == 0)
+
+
+def test_losses_are_zero_not_nan_when_no_example_is_valid():
+    user, items, label, valid, _ = _retrieval_batch()
+    loss, _ = retrieval_step_loss(user, items, label, valid, np.zeros(4, bool), ETA)
+    assert float(loss) == 0.0
+
+
+@pytest.mark.parametrize(
+    ("strategy", "steps", "tasks", "expected"),
+    [
+        ("progressive", 2, 2, ((1, 0), (2, 1))),
+        ("progressive", 3, 3, ((1, 0), (2, 1), (3, 2))),
+        ("last_step", 2, 2, ((2, 0), (2, 1))),
+        ("last_step", 3, 2, ((3, 0), (3, 1))),
+        ("single", 3, 3, ((3, 2),)),
+        ("progressive", 0, 2, ((0, 0), (0, 1))),
+        ("last_step", 0, 3, ((0, 0), (0, 1), (0, 2))),
+        ("single", 0, 2, ((0, 1),)),
+    ],
+)
+def test_task_assignment_per_strategy(strategy, steps, tasks, expected):
+    assert task_assignment(strategy, steps, tasks) == expected
+
+
+def test_task_assignment_progressive_mismatch_names_both_keys():
+    with pytest.raises(ValueError, match=r"num_steps \(K=2\).*num_tasks \(T=3\)"):
+        task_assignment("progressive", 2, 3)
+    with pytest.raises(ValueError, match="unknown strategy"):
+        task_assignment("curriculum", 2, 2)
+
+
+def test_next_item_softmax_matches_reference_and_never_ranks_padding_row():
+    rng = np.random.default_rng(3)
+    user = rng.normal(size=(3, 4)).astype(np.float32)
+    table = rng.normal(size=(6, 4)).astype(np.float32)
+    target = np.array([2, 5, 1], np.int32)
+    example_mask = np.array([True, True, False])
+    loss = float(next_item_softmax_loss(user, table, target, example_mask))
+    reference = 0.0
+    for b in range(2):
+        logits = [float(user[b] @ table[v]) for v in range(1, 6)]
+        reference += -logits[target[b] - 1] + math.log(sum(math.exp(x) for x in logits))
+    np.testing.assert_allclose(loss, reference / 2, rtol=1e-5)
+    table[0] = 1e3  # a huge padding row must not enter the softmax
+    assert float(next_item_softmax_loss(user, table, target, example_mask)) == pytest.approx(loss)
+
+
+def test_sampled_softmax_with_logq_and_dropped_negatives_matches_reference():
+    rng = np.random.default_rng(4)
+    user = rng.normal(size=(2, 3)).astype(np.float32)
+    pos = rng.normal(size=(2, 3)).astype(np.float32)
+    neg = rng.normal(size=(2, 4, 3)).astype(np.float32)
+    neg_mask = np.array([[1, 1, 0, 1], [0, 1, 1, 1]], bool)
+    log_q = np.log(rng.uniform(0.01, 0.5, size=(2, 5))).astype(np.float32)
+    temperature = 0.7
+    loss = sampled_softmax_loss(user, pos, neg, neg_mask, np.ones(2, bool),
+                                temperature=temperature, log_q=log_q)
+    reference = 0.0
+    for b in range(2):
+        pos_logit = float(user[b] @ pos[b]) / temperature - log_q[b, 0]
+        kept = [float(user[b] @ neg[b, n]) / temperature - log_q[b, n + 1]
+                for n in range(4) if neg_mask[b, n]]
+        reference += -pos_logit + math.log(math.exp(pos_logit) + sum(math.exp(x) for x in kept))
+    np.testing.assert_allclose(float(loss), reference / 2, rtol=1e-5)
+    without = sampled_softmax_loss(user, pos, neg, neg_mask, np.ones(2, bool),
+                                   temperature=temperature)
+    assert float(without) != pytest.approx(float(loss))
+
+
+def test_sampled_softmax_padding_invariance():
+    rng = np.random.default_rng(5)
+    user = rng.normal(size=(2, 3)).astype(np.float32)
+    pos = rng.normal(size=(2, 3)).astype(np.float32)
+    neg = rng.normal(size=(2, 3, 3)).astype(np.float32)
+    neg_mask = np.array([[1, 0, 1], [1, 1, 1]], bool)
+    example_mask = np.array([True, False])
+    grad_fn = jax.value_and_grad(
+        lambda u, p, n: sampled_softmax_loss(u, p, n, neg_mask, example_mask), argnums=(0, 1, 2))
+    loss, grads = grad_fn(user, pos, neg)
+    neg_p, user_p = neg.copy(), user.copy()
+    neg_p[0, 1] = 1e4
+    neg_p[1] = np.nan
+    user_p[1] = np.nan
+    loss_p, grads_p = grad_fn(user_p, pos, neg_p)
+    assert float(loss) == float(loss_p)
+    for g, g_p in zip(grads, grads_p, strict=True):
+        np.testing.assert_array_equal(g, g_p)
+    assert jnp.all(grads[2][0, 1] == 0)
