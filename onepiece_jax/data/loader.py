@@ -108,16 +108,20 @@ class IteratorState:
 class BatchIterator:
     """Shuffled (or ordered) fixed-size batches over in-memory arrays; resumable.
 
-    ``group_size`` turns ranking requests into candidate groups, regrouped every epoch.
+    ``group_size`` turns ranking requests into candidate groups, randomly regrouped every epoch
+    when ``regroup`` (default: when ``shuffle``); evaluation keeps the order but still groups at
+    random, with its fixed seed.
     """
 
     def __init__(self, arrays: dict[str, np.ndarray], batch_size: int, *, shuffle: bool,
-                 seed: int, group_size: int | None = None, drop_remainder: bool = False):
+                 seed: int, group_size: int | None = None, regroup: bool | None = None,
+                 drop_remainder: bool = False):
         self.arrays = arrays
         self.batch_size = batch_size
         self.shuffle = shuffle
         self.seed = seed
         self.group_size = group_size
+        self.regroup = shuffle if regroup is None else regroup
         self.drop_remainder = drop_remainder
         self.state = IteratorState()
         self._epoch_cache: tuple[int, dict, np.ndarray] | None = None
@@ -128,7 +132,7 @@ class BatchIterator:
         rng = np.random.default_rng([self.seed, epoch])
         arrays = self.arrays
         if self.group_size is not None:
-            arrays = group_candidates(arrays, self.group_size, rng if self.shuffle else None)
+            arrays = group_candidates(arrays, self.group_size, rng if self.regroup else None)
         n = next(iter(arrays.values())).shape[0]
         order = rng.permutation(n) if self.shuffle else np.arange(n)
         self._epoch_cache = (epoch, arrays, order)

@@ -1,0 +1,27 @@
+"""OnePiece retrieval on MovieLens-100K (leave-one-out, full-catalogue ranking).
+
+Curriculum (issue "Training and evaluation", sequential public data): step 1 learns "the items of
+the next W interactions" (broad), step 2 "the exact next item" (precise, served). Anchors: the
+global top items per rating level over the 7 days before the example's day.
+
+    onepiece train --config configs/ml100k_onepiece.py --workdir runs/ml100k_onepiece \
+        --config.dataset.path=data/ml-100k
+"""
+
+from onepiece_jax.config import base_config
+
+
+def get_config():
+    c = base_config()
+    c.dataset.name = "ml100k"
+    c.mode = "retrieval"
+    c.tasks = ("window", "next")
+    c.context.ih_max_len = 50
+    c.context.pa_groups = ("rated5", "rated>=4", "watched")
+    c.context.pa_group_size = 10
+    c.context.pool_window = 5
+    c.model.reasoning_steps = 2
+    c.model.dropout = 0.2
+    c.train.epochs = 30
+    c.train.early_stop_patience = 5
+    return c

@@ -1,0 +1,335 @@
+"""``train_and_evaluate(config, workdir)``: the whole job, resumable, and ``evaluate_workdir``.
+
+A workdir holds everything of one run: ``config.json``, the built dataset (unless
+``config.dataset.build_dir`` points elsewhere), Orbax checkpoints (latest N and best),
+TensorBoard event files under ``tb/``, ``history.json`` (validation metrics per epoch) and
+``results.json`` (the final evaluation, with its protocol string). Calling it again on the same
+workdir resumes from the latest checkpoint — at the exact batch where it stopped.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import tqdm
+from tensorboardX import SummaryWriter
+
+from onepiece_jax.config import ConfigError
+from onepiece_jax.data.context import ContextConfig
+from onepiece_jax.data.loader import BatchIterator, BuiltDataset, device_batch
+from onepiece_jax.data.tfds_builder import build, read_log
+from onepiece_jax.eval.ranking import task_readouts, task_scores
+from onepiece_jax.eval.runner import evaluate_ranking, evaluate_retrieval
+from onepiece_jax.model.config import from_config as model_config_from
+from onepiece_jax.model.onepiece import OnePiece, param_summary
+from onepiece_jax.parallel.mesh import check_batch_size, make_mesh, put_batch, replicated
+from onepiece_jax.train.checkpoint import Checkpoints
+from onepiece_jax.train.objective import Objective
+from onepiece_jax.train.step import init_state, make_optimizer, make_train_step, negative_tables
+
+
+class NonFiniteError(RuntimeError):
+    """Training hit a non-finite loss or gradient under the ``stop`` policy."""
+
+
+# --------------------------------------------------------------------------- data
+def _build_key(config) -> dict:
+    return {"dataset": config.dataset.to_dict(), "context": config.context.to_dict(),
+            "mode": config.mode, "tasks": list(config.tasks), "seed": config.seed}
+
+
+def ensure_built(config, workdir: Path) -> Path:
+    """Builds the dataset once; a build made from a different data/context config is refused."""
+    out = Path(config.dataset.build_dir) if config.dataset.build_dir else workdir / "data"
+    key = json.loads(json.dumps(_build_key(config)))
+    stamp = out / "build_key.json"
+    if stamp.is_file():
+        if json.loads(stamp.read_text()) != key:
+            raise ConfigError(f"{out} holds a dataset built from a different config.dataset/"
+                              "context/tasks; point config.dataset.build_dir elsewhere")
+        return out
+    build(read_log(config), ContextConfig.from_config(config), out)
+    stamp.write_text(json.dumps(key, indent=1))
+    return out
+
+
+# --------------------------------------------------------------------------- setup
+@dataclasses.dataclass
+class Job:
+    """Everything a training or evaluation run needs, built once from the config."""
+
+    config: ml_collections.ConfigDict
+    workdir: Path
+    data: BuiltDataset
+    model: OnePiece
+    objective: Objective
+    mesh: Any
+    catalog: dict
+    tables: Any
+    group_size: int | None
+
+    def example_batch(self, arrays: dict) -> dict:
+        it = BatchIterator(arrays, self.config.train.batch_size, shuffle=False, seed=0,
+                           group_size=self.group_size)
+        return device_batch(next(it))
+
+    def put(self, batch: dict) -> dict:
+        return put_batch(batch, self.mesh)
+
+
+def _as_catalog(catalog: dict, mesh) -> dict:
+    return jax.device_put({e: {k: jnp.asarray(v) for k, v in t.items()} for e, t in catalog.items()
+                           if t}, replicated(mesh))
+
+
+def make_job(config, workdir: str | Path) -> Job:
+    workdir = Path(workdir)
+    data = BuiltDataset.open(ensure_built(config, workdir))
+    mesh = make_mesh(int(config.mesh.data))
+    check_batch_size(int(config.train.batch_size), mesh)
+    model = OnePiece(model_config_from(config, data.spec))
+    catalog = _as_catalog(data.catalog, mesh)
+    tables = jax.device_put(negative_tables(data.item_count, data.catalog), replicated(mesh))
+    group_size = int(config.context.num_candidates) if config.mode == "ranking" else None
+    return Job(config, workdir, data, model, Objective.from_config(config), mesh, catalog,
+               tables, group_size)
+
+
+def _check_writable(workdir: Path) -> None:
+    """Fail at start, not after an hour of training, if the workdir cannot be written."""
+    try:
+        workdir.mkdir(parents=True, exist_ok=True)
+        probe = workdir / ".write_probe"
+        probe.write_bytes(b"\0" * 1024)
+        probe.unlink()
+    except OSError as e:
+        raise OSError(f"workdir {workdir} is not writable: {e}") from e
+
+
+# --------------------------------------------------------------------------- evaluation
+def evaluate_split(job: Job, params, arrays: dict, split: str) -> dict:
+    cfg, model, obj = job.config, job.model, job.objective
+    variables = {"params": params}
+    if cfg.mode == "retrieval":
+        n = job.data.spec["num_items"] + 1
+        item_vecs = jax.jit(lambda v, c: model.apply(v, jnp.arange(n, dtype=jnp.int32), c,
+                                                     method="item_vectors"))(variables, job.catalog)
+        user_fn = jax.jit(lambda b: model.apply(variables, b, job.catalog, train=False)
+                          ["user_vectors"][obj.served_step])
+        return evaluate_retrieval(
+            user_fn, item_vecs, arrays, batch_size=int(cfg.eval.batch_size), ks=tuple(cfg.eval.ks),
+            exclude_history=bool(cfg.eval.exclude_history), chunk=int(cfg.eval.item_chunk),
+            dataset=job.data.spec["dataset"], split=split, put=job.put)
+    readouts = task_readouts(obj.assignment, len(cfg.tasks))
+    score_fn = jax.jit(lambda b: task_scores(
+        model.apply(variables, b, job.catalog, train=False)["logits"], readouts))
+    return evaluate_ranking(score_fn, arrays, batch_size=int(cfg.eval.batch_size),
+                            group_size=job.group_size, task_names=tuple(cfg.tasks),
+                            dataset=job.data.spec["dataset"], split=split, put=job.put)
+
+
+def headline(result: dict, config) -> float:
+    metric = config.train.early_stop_metric
+    if metric not in result["metrics"]:
+        raise ConfigError(f"config.train.early_stop_metric={metric!r} is not among the "
+                          f"evaluation metrics {sorted(result['metrics'])}")
+    return float(result["metrics"][metric])
+
+
+# --------------------------------------------------------------------------- training
+class _Preemption:
+    """Turns SIGTERM/SIGINT into a flag the loop checks between steps."""
+
+    def __init__(self):
+        self.requested = False
+        self._previous = {}
+
+    def __enter__(self):
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        self.requested = True
+
+    def __exit__(self, *exc):
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+def _save_config(config, workdir: Path) -> None:
+    path = workdir / "config.json"
+    text = config.to_json_best_effort(indent=1)
+    if path.is_file() and json.loads(path.read_text()).get("model") != json.loads(text)["model"]:
+        raise ConfigError(f"{workdir} holds a run with a different config.model; use a new "
+                          "--workdir or the same model config to resume")
+    path.write_text(text)
+
+
+def load_workdir_config(workdir: str | Path) -> ml_collections.ConfigDict:
+    path = Path(workdir) / "config.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{workdir} has no config.json: not a training workdir")
+    raw = json.loads(path.read_text())
+
+    def tuples(node):
+        if isinstance(node, dict):
+            return {k: tuples(v) for k, v in node.items()}
+        return tuple(node) if isinstance(node, list) else node
+
+    return ml_collections.ConfigDict(tuples(raw))
+
+
+def train_and_evaluate(config, workdir: str | Path, *, progress: bool = True) -> dict:
+    """Trains with periodic validation and early stopping, then evaluates the best checkpoint on
+    test. Returns ``{"history": [...], "results": {...}}``."""
+    workdir = Path(workdir)
+    _check_writable(workdir)
+    _save_config(config, workdir)
+    job = make_job(config, workdir)
+    tcfg = config.train
+    train_arrays = job.data.load_split("train")
+    val_arrays = job.data.load_split("validation")
+    it = BatchIterator(train_arrays, int(tcfg.batch_size), shuffle=True, seed=int(config.seed),
+                       group_size=job.group_size, drop_remainder=True)
+    steps_per_epoch = it.batches_per_epoch()
+    if steps_per_epoch == 0:
+        raise ConfigError(f"config.train.batch_size={tcfg.batch_size} exceeds the "
+                          f"{train_arrays['user'].shape[0]} training examples")
+    total_steps = int(tcfg.epochs) * steps_per_epoch
+    if tcfg.max_steps:
+        total_steps = min(total_steps, int(tcfg.max_steps))
+    optimizer = make_optimizer(tcfg, total_steps)
+    rng = jax.random.key(int(config.seed))
+    init_rng, step_rng = jax.random.split(rng)
+    state = init_state(job.model, optimizer, job.example_batch(train_arrays), job.catalog,
+                       init_rng)
+    state = jax.device_put(state, replicated(job.mesh))
+    ckpts = Checkpoints(workdir, int(tcfg.keep_checkpoints))
+    book = {"history": [], "best": None, "bad_epochs": 0, "iterator": it.get_state(),
+            "seed": int(config.seed), "skipped_nonfinite": 0}
+    if ckpts.steps("latest"):
+        state, book, step = ckpts.restore(state)
+        state = jax.device_put(state, replicated(job.mesh))
+        it.set_state(book["iterator"])
+        print(f"resumed from step {step} (epoch {book['iterator']['epoch']}, batch "
+              f"{book['iterator']['position']})", flush=True)
+    else:
+        (workdir / "params.txt").write_text(param_summary(state.params))
+    train_step = make_train_step(job.model, job.objective, optimizer, job.mesh)
+    writer = SummaryWriter(str(workdir / "tb")) if jax.process_index() == 0 else None
+    step = int(state.step)
+    done = step >= total_steps or book["bad_epochs"] >= int(tcfg.early_stop_patience)
+    bar = tqdm.tqdm(total=total_steps, initial=step, disable=not progress, unit="step",
+                    dynamic_ncols=True, file=sys.stdout)
+    last_val = book["history"][-1]["value"] if book["history"] else float("nan")
+    window_start, window_examples = time.perf_counter(), 0
+    with _Preemption() as preempt:
+        while not done:
+            for batch in it:
+                state, metrics = train_step(state, job.put(device_batch(batch)), job.catalog,
+                                            job.tables, step_rng)
+                step += 1
+                window_examples += int(batch["example_mask"].sum())
+                _check_finite(metrics, step, tcfg, book, state)
+                if step % int(tcfg.log_every_steps) == 0 or step == total_steps:
+                    rate = window_examples / max(time.perf_counter() - window_start, 1e-9)
+                    _log(writer, bar, metrics, step, rate, last_val, config)
+                    window_start, window_examples = time.perf_counter(), 0
+                bar.update(1)
+                if preempt.requested:
+                    book["iterator"] = it.get_state()
+                    ckpts.save(step, state, book)
+                    print(f"preempted: saved step {step}; rerun the same command to resume",
+                          flush=True)
+                    bar.close()
+                    return {"history": book["history"], "preempted": True}
+                if step >= total_steps:
+                    break
+            epoch_done = it.state.position >= steps_per_epoch
+            if epoch_done:
+                it.next_epoch()
+            book["iterator"] = it.get_state()
+            result = evaluate_split(job, state.params, val_arrays, "validation")
+            value = headline(result, config)
+            last_val = value
+            book["history"].append({"epoch": len(book["history"]) + 1, "step": step,
+                                    "value": value, "metrics": result["metrics"]})
+            improved = book["best"] is None or value > book["best"]
+            book["best"] = value if improved else book["best"]
+            book["bad_epochs"] = 0 if improved else book["bad_epochs"] + 1
+            ckpts.save(step, state, book, best_value=value if improved else None)
+            _log_validation(writer, result, step, len(book["history"]), config)
+            done = (step >= total_steps
+                    or book["bad_epochs"] >= int(tcfg.early_stop_patience))
+    bar.close()
+    (workdir / "history.json").write_text(json.dumps(book["history"], indent=1))
+    results = evaluate_workdir(workdir, split="test", checkpoint="best", job=job)
+    if writer is not None:
+        writer.close()
+    ckpts.close()
+    return {"history": book["history"], "results": results}
+
+
+def _check_finite(metrics, step: int, tcfg, book: dict, state) -> None:
+    if float(metrics["finite"]) > 0:
+        return
+    bad = sorted(k for k, v in metrics.items() if not np.isfinite(float(v)))
+    if tcfg.nonfinite_policy == "skip":
+        book["skipped_nonfinite"] += 1
+        if int(state.nonfinite) <= int(tcfg.get("max_nonfinite_in_a_row", 10)):
+            return
+    raise NonFiniteError(f"step {step}: non-finite {', '.join(bad) or 'gradients'}; the last good "
+                         "checkpoint is kept (policy config.train.nonfinite_policy="
+                         f"{tcfg.nonfinite_policy!r})")
+
+
+def _log(writer, bar, metrics, step: int, rate: float, last_val: float, config) -> None:
+    scalars = {k: float(v) for k, v in metrics.items()}
+    if writer is not None:
+        for k, v in scalars.items():
+            writer.add_scalar(f"train/{k}", v, step)
+        writer.add_scalar("train/examples_per_s", rate, step)
+    bar.set_postfix({"loss": f"{scalars['loss']:.4f}", "ex/s": f"{rate:.0f}",
+                     f"val {config.train.early_stop_metric}": f"{last_val:.4f}"})
+
+
+def _log_validation(writer, result: dict, step: int, epoch: int, config) -> None:
+    metrics = result["metrics"]
+    if writer is not None:
+        for k, v in metrics.items():
+            writer.add_scalar(f"validation/{k}", float(v), step)
+        writer.flush()
+    shown = " ".join(f"{k} {v:.4f}" for k, v in metrics.items()
+                     if k.split("@")[0] in ("NDCG", "HR") or k.endswith("AUC"))
+    tqdm.tqdm.write(f"epoch {epoch} step {step} | validation {shown} | {result['protocol']}",
+                    file=sys.stdout)
+
+
+def evaluate_workdir(workdir: str | Path, *, split: str = "test", checkpoint: str = "best",
+                     job: Job | None = None, write: bool = True) -> dict:
+    """Evaluates a checkpoint of a workdir on a split; writes ``results.json`` (with protocol)."""
+    workdir = Path(workdir)
+    if job is None:
+        job = make_job(load_workdir_config(workdir), workdir)
+    arrays = job.data.load_split(split)
+    template = init_state(job.model, make_optimizer(job.config.train, 1),
+                          job.example_batch(arrays), job.catalog, jax.random.key(0))
+    ckpts = Checkpoints(workdir, int(job.config.train.keep_checkpoints))
+    state, _, step = ckpts.restore(template, checkpoint)
+    result = evaluate_split(job, state.params, arrays, split)
+    result["checkpoint"] = {"which": checkpoint, "step": step}
+    if write:
+        (workdir / "results.json").write_text(json.dumps(result, indent=1))
+    print(json.dumps(result), flush=True)
+    return result

@@ -1,0 +1,112 @@
+"""The training objective: model outputs + batch + sampled negatives → one scalar loss.
+
+This is where the curriculum (which reasoning step learns which task) meets the per-step losses:
+retrieval sums ``BCE + U2I + I2U`` over the supervised (step, task) pairs, ranking sums
+``BCE + set-softmax``, and the SASRec baseline uses plain next-item full-softmax cross-entropy.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from onepiece_jax.train import losses, negatives
+
+
+@dataclasses.dataclass(frozen=True)
+class Objective:
+    """Static description of the loss (hashable, so it can be closed over under ``jit``)."""
+
+    mode: str
+    kind: str  # onepiece | next_item_softmax
+    assignment: tuple[tuple[int, int], ...]  # (step, task) pairs
+    eta: float
+    rank_eta: float
+    negative_counts: tuple[tuple[str, int], ...]
+    in_batch: bool
+
+    @classmethod
+    def from_config(cls, config) -> Objective:
+        loss = config.loss
+        k = config.model.reasoning_steps
+        strategy = "single" if loss.kind == "next_item_softmax" else loss.strategy
+        neg = loss.negatives
+        return cls(
+            mode=config.mode, kind=loss.kind,
+            assignment=losses.task_assignment(strategy, k, len(config.tasks)),
+            eta=float(loss.eta), rank_eta=float(loss.rank_eta),
+            negative_counts=tuple((s, int(neg.get(s, 0))) for s in negatives.SOURCES),
+            in_batch=bool(neg.in_batch))
+
+    @property
+    def served_step(self) -> int:
+        """The step whose output is served / evaluated: the last supervised one."""
+        return max(step for step, _ in self.assignment)
+
+
+def retrieval_pool(objective: Objective, batch: dict, tables: negatives.NegativeTables,
+                   key: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """The example's pool plus sampled (and in-batch) negatives.
+
+    Returns ``items: int32[B, P]``, ``labels: f32[B, P, T]`` (negatives 0 for every task) and
+    ``valid: bool[B, P]`` (padding and negatives that collide with a positive are dropped).
+    """
+    pool, pool_label = batch["pool_item"], batch["pool_label"]
+    parts, valids = [pool], [pool > 0]
+    counts = dict(objective.negative_counts)
+    if any(counts.values()):
+        sampled = negatives.sample_negatives(key, pool, counts, tables)
+        parts.append(sampled)
+        valids.append(negatives.negative_mask(sampled, pool))
+    if objective.in_batch:
+        ids, mask = negatives.in_batch_negatives((batch["target"] * batch["example_mask"])[:, None])
+        parts.append(ids)
+        valids.append(mask & negatives.negative_mask(ids, pool))
+    items = jnp.concatenate(parts, axis=1)
+    extra = items.shape[1] - pool.shape[1]
+    labels = jnp.concatenate(
+        [pool_label, jnp.zeros((pool.shape[0], extra, pool_label.shape[-1]), pool_label.dtype)],
+        axis=1)
+    return items, labels, jnp.concatenate(valids, axis=1)
+
+
+def compute_loss(objective: Objective, model, params: Any, batch: dict, catalog: dict,
+                 tables: negatives.NegativeTables, key: jax.Array,
+                 train: bool = True) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """Scalar loss and named components; pure, so ``jax.grad`` and ``jit`` see all of it."""
+    dropout_key, negative_key = jax.random.split(key)
+    variables = {"params": params}
+    rngs = {"dropout": dropout_key} if train else {}
+    out = model.apply(variables, batch, catalog, train=train, rngs=rngs)
+    mask = batch["example_mask"]
+    metrics: dict[str, jax.Array] = {}
+    total = jnp.zeros((), jnp.float32)
+    if objective.kind == "next_item_softmax":
+        n = catalog["item"]["item_id"].shape[0]
+        table = model.apply(variables, jnp.arange(n, dtype=jnp.int32), catalog,
+                            method="item_vectors")
+        total = losses.next_item_softmax_loss(out["user_vectors"][objective.served_step], table,
+                                              batch["target"], mask)
+        metrics["ce"] = total
+    elif objective.mode == "retrieval":
+        items, labels, valid = retrieval_pool(objective, batch, tables, negative_key)
+        item_vec = model.apply(variables, items, catalog, method="item_vectors")
+        for step, task in objective.assignment:
+            loss, parts = losses.retrieval_step_loss(
+                out["user_vectors"][step], item_vec, labels[..., task], valid, mask,
+                objective.eta)
+            total = total + loss
+            metrics.update({f"{name}/s{step}t{task}": v for name, v in parts.items()})
+    else:
+        valid = batch["cis_item"] > 0
+        for step, task in objective.assignment:
+            loss, parts = losses.ranking_step_loss(
+                out["logits"][step, ..., task], batch["cis_label"][..., task], valid, mask,
+                objective.rank_eta)
+            total = total + loss
+            metrics.update({f"{name}/s{step}t{task}": v for name, v in parts.items()})
+    metrics["loss"] = total
+    return total, metrics
