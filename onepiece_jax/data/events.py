@@ -9,6 +9,7 @@ dataset means adding a reader, nothing else.
 from __future__ import annotations
 
 import dataclasses
+
 import numpy as np
 
 
@@ -41,7 +42,8 @@ class FeatureTable:
 
     def __post_init__(self):
         if self.values.ndim != 2:
-            raise ValueError(f"feature table must be 2-D [entities+1, width], got {self.values.shape}")
+            raise ValueError(
+                f"feature table must be 2-D [entities+1, width], got {self.values.shape}")
         self.values = self.values.astype(np.int32, copy=False)
 
     @property
@@ -94,7 +96,11 @@ class EventLog:
     user_ids: np.ndarray | None = None
     query_ids: np.ndarray | None = None
     requests: Requests | None = None
-    skipped: dict[str, int] = dataclasses.field(default_factory=dict)  # documented recoverable cases
+    # documented recoverable cases (name → count), so nothing is dropped silently
+    skipped: dict[str, int] = dataclasses.field(default_factory=dict)
+    # events per behaviour name as the source spells it, before levels merge them (Taobao "cart"
+    # and "fav" are both level 2; JDsearch "CART" and "FLW" too), so stats can report the source.
+    raw_behavior_counts: dict[str, int] = dataclasses.field(default_factory=dict)
 
     @property
     def num_events(self) -> int:
@@ -120,7 +126,8 @@ class EventLog:
         for name in ("user", "item", "time", "behavior", "query"):
             arr = getattr(self, name)
             if arr.shape != (n,):
-                raise ValueError(f"{self.dataset}: column {name!r} has shape {arr.shape}, want ({n},)")
+                raise ValueError(
+                    f"{self.dataset}: column {name!r} has shape {arr.shape}, want ({n},)")
         checks = [("user", self.user, self.num_users), ("item", self.item, self.num_items),
                   ("behavior", self.behavior, len(self.behaviors)),
                   ("query", self.query, self.num_queries)]
