@@ -21,6 +21,7 @@ from pathlib import Path
 from onepiece_jax.data.fetch import FetchError
 
 EXIT_BAD_INPUT = 2
+EXIT_NONFINITE = 3
 
 
 def _data_stats(args: argparse.Namespace) -> int:
@@ -86,7 +87,62 @@ def _add_data_parser(subparsers: argparse._SubParsersAction) -> None:
     build.set_defaults(handler=_data_build, takes_overrides=True)
 
 
-COMMAND_GROUPS: list[Callable[[argparse._SubParsersAction], None]] = [_add_data_parser]
+def _train(args: argparse.Namespace) -> int:
+    from onepiece_jax.config import load_config
+    from onepiece_jax.train.loop import NonFiniteError, train_and_evaluate
+
+    config = load_config(args.config, args.overrides)
+    try:
+        train_and_evaluate(config, args.workdir, progress=not args.no_progress)
+    except NonFiniteError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_NONFINITE
+    return 0
+
+
+def _eval(args: argparse.Namespace) -> int:
+    from onepiece_jax.train.loop import evaluate_workdir
+
+    evaluate_workdir(args.workdir, split=args.split, checkpoint=args.checkpoint)
+    return 0
+
+
+def _quickstart(args: argparse.Namespace) -> int:
+    from onepiece_jax.experiments.quickstart import run_quickstart
+
+    run_quickstart(args.out, data_dir=args.data, budget=args.budget, seed=args.seed)
+    return 0
+
+
+def _add_train_parser(subparsers: argparse._SubParsersAction) -> None:
+    """``onepiece train``, ``onepiece eval`` and ``onepiece quickstart``."""
+    train = subparsers.add_parser(
+        "train", help="train with validation and early stopping, then evaluate on test "
+                      "(resumes when the workdir has checkpoints; overrides: --config.NAME=VALUE)")
+    train.add_argument("--config", required=True, help="a config .py file")
+    train.add_argument("--workdir", required=True)
+    train.add_argument("--no-progress", action="store_true", help="no tqdm bar")
+    train.set_defaults(handler=_train, takes_overrides=True)
+
+    ev = subparsers.add_parser("eval", help="evaluate a checkpoint of a workdir; writes "
+                                            "WORKDIR/results.json")
+    ev.add_argument("--workdir", required=True)
+    ev.add_argument("--split", default="test", choices=["test", "validation"])
+    ev.add_argument("--checkpoint", default="best", help="best | latest | STEP")
+    ev.set_defaults(handler=_eval)
+
+    qs = subparsers.add_parser("quickstart", help="fetch MovieLens-100K, train OnePiece and "
+                                                  "SASRec, compare them on test")
+    qs.add_argument("--out", default="runs/quickstart", type=Path)
+    qs.add_argument("--data", default="data/ml-100k", type=Path,
+                    help="where MovieLens-100K is (fetched there if missing)")
+    qs.add_argument("--budget", default="small", choices=["small", "full"])
+    qs.add_argument("--seed", default=0, type=int)
+    qs.set_defaults(handler=_quickstart)
+
+
+COMMAND_GROUPS: list[Callable[[argparse._SubParsersAction], None]] = [
+    _add_data_parser, _add_train_parser]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -108,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
     args.overrides = extra
     try:
         return int(args.handler(args) or 0)
-    except (ValueError, FetchError) as e:  # DataError is a ValueError
+    except (ValueError, FetchError, FileNotFoundError) as e:  # DataError is a ValueError
         print(f"error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
 

@@ -79,6 +79,8 @@ class EventLog:
     level is the strongest signal it carries (a MovieLens rating 5 is level 3 "rated5"; the
     weaker levels are implied). ``time`` is seconds since the epoch, or the event's order when the
     source has no timestamps (``has_timestamps`` False).
+
+    The readers return events sorted by (user, time), ties in file order.
     """
 
     dataset: str

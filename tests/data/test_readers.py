@@ -350,3 +350,9 @@ def test_jdsearch_malformed_meta_and_files(tmp_path, case):
     err = _expect_error(lambda: read_dataset("jdsearch", folder), folder / target, line, field)
     if case == "missing":
         assert "product_meta_data.txt" in str(err)
+
+
+def test_blank_lines_are_counted_not_silently_dropped(tmp_path):
+    path = _write(tmp_path / "UserBehavior.csv", [TAOBAO[0], "", TAOBAO[1], "  "])
+    log = read_dataset("taobao", path)
+    assert log.num_events == 2 and log.skipped == {"blank_lines": 2}

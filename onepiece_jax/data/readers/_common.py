@@ -91,10 +91,10 @@ def split_columns(lines: list[bytes], nums: np.ndarray, sep: bytes, ncols: int, 
         i = int(bad[0])
         raise DataError(f"expected {ncols} columns separated by {sep!r}, got {counts[i] + 1}",
                         path=str(path), line=int(nums[i]))
+    flat = sep.join(lines).split(sep)  # one C-level split; column k is flat[k::ncols]
     if cols is None:
-        return np.array(sep.join(lines).split(sep)).reshape(len(lines), ncols)
-    rows = [ln.split(sep) for ln in lines]
-    return np.stack([np.array([r[k] for r in rows]) for k in cols], axis=1)
+        return np.array(flat).reshape(len(lines), ncols)
+    return np.stack([np.array(flat[k::ncols]) for k in cols], axis=1)
 
 
 def iter_columns(path: Path, sep: bytes, ncols: int, skipped: dict[str, int], *,
@@ -186,7 +186,8 @@ def concat(parts: list[np.ndarray], dtype) -> np.ndarray:
 
 def sorted_vocab(*arrays: np.ndarray, missing=None) -> np.ndarray:
     """Sorted distinct raw values over several arrays, without the ``missing`` sentinel."""
-    vocab = np.unique(np.concatenate([np.asarray(a).reshape(-1) for a in arrays]))
+    values = np.sort(np.concatenate([np.asarray(a).reshape(-1) for a in arrays]))
+    vocab = values[np.r_[True, values[1:] != values[:-1]]] if values.size else values
     if missing is not None:
         vocab = vocab[vocab != missing]
     return vocab
@@ -262,8 +263,8 @@ def build_log(*, dataset: str, user: np.ndarray, item: np.ndarray, time: np.ndar
               raw_behavior_counts: dict[str, int]) -> EventLog:
     """Sorts events by (user, time) — stable, so equal times keep file order — and validates.
 
-    Every reader returns its log in this order, which the context builder relies on when it
-    slices one user's history.
+    Every reader returns its log in this order, so a consumer can take one user's history as a
+    contiguous, time-ordered slice without sorting again.
     """
     order = np.lexsort((time, user))
     if query is None:

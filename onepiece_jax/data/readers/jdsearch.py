@@ -113,14 +113,14 @@ class _Accumulator:
                             "r_query", "r_len", "cand_item", "cand_label")}
 
     def add_chunk(self, nums: np.ndarray, lines: list[bytes]) -> None:
-        rows = [ln.split(b"\t") for ln in lines]
-        widths = np.fromiter(map(len, rows), np.int64, len(rows))
+        widths = np.fromiter((ln.count(b"\t") + 1 for ln in lines), np.int64, len(lines))
         bad = np.flatnonzero(widths != len(HEADER))
         if bad.size:
             raise DataError(f"expected {len(HEADER)} tab-separated columns, got "
                             f"{widths[bad[0]]}", path=str(self.path), line=int(nums[bad[0]]))
-        col = {name: [r[k] for r in rows] for k, name in enumerate(HEADER)}
-        del rows
+        flat = b"\t".join(lines).split(b"\t")
+        col = {name: flat[k::len(HEADER)] for k, name in enumerate(HEADER)}
+        del flat
         cand, label = self._list(col, "candidate_wid_list", nums), self._list(
             col, "candidate_label_list", nums)
         h_qry, h_wid = self._list(col, "history_qry_list", nums), self._list(
