@@ -58,6 +58,7 @@ def retrieval_step_loss(
     valid: jax.Array,
     example_mask: jax.Array,
     eta: float,
+    positive_slots: int | None = None,
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
     """OnePiece retrieval loss for one reasoning step and one task (SPEC §4, paper Eq. 13-17).
 
@@ -68,6 +69,9 @@ def retrieval_step_loss(
       valid: bool[B, P], False for padded pool entries.
       example_mask: bool[B], False for padded examples.
       eta: contrastive temperature η (> 0).
+      positive_slots: static; when set, only the first ``positive_slots`` pool entries can be
+        positive (the example's own pool, before sampled negatives), so the B×P×B I2U scores are
+        computed for those columns only — the same value at a fraction of the cost.
 
     Terms, each summed over the example's items and then averaged over valid examples:
       * ``bce``: Σ_{valid v} BCE(⟨r, z_v⟩, y_v).
@@ -93,9 +97,10 @@ def retrieval_step_loss(
     u2i = jnp.sum(jnp.where(positive, u2i_terms, 0.0), axis=-1)
 
     # all_scores[b, p, b'] = ⟨r_b', z_{b,p}⟩ / η: item (b, p) looks for its own user b among all b'.
-    all_scores = jnp.einsum("cd,bpd->bpc", user_vec, item_vec) / eta
+    k = item_vec.shape[1] if positive_slots is None else positive_slots
+    all_scores = jnp.einsum("cd,bpd->bpc", user_vec, item_vec[:, :k]) / eta
     users_lse = _masked_logsumexp(all_scores, example_mask[None, None, :], axis=-1)
-    i2u = jnp.sum(jnp.where(positive, users_lse - tempered, 0.0), axis=-1)
+    i2u = jnp.sum(jnp.where(positive[:, :k], users_lse - tempered[:, :k], 0.0), axis=-1)
 
     parts = {
         name: _masked_mean_over_examples(value, example_mask)

@@ -48,11 +48,13 @@ class Objective:
 
 
 def retrieval_pool(objective: Objective, batch: dict, tables: negatives.NegativeTables,
-                   key: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """The example's pool plus sampled (and in-batch) negatives.
+                   key: jax.Array, item_vectors) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """Item vectors of the example's pool plus sampled and in-batch negatives.
 
-    Returns ``items: int32[B, P]``, ``labels: f32[B, P, T]`` (negatives 0 for every task) and
-    ``valid: bool[B, P]`` (padding and negatives that collide with a positive are dropped).
+    ``item_vectors(ids) -> f32[..., d]`` is the item tower. In-batch negatives are the batch's
+    targets, the same B ids for every row, so their vectors are computed once and broadcast.
+    Returns ``item_vec: f32[B, P, d]``, ``labels: f32[B, P, T]`` (negatives are 0 for every
+    task) and ``valid: bool[B, P]`` (padding and negatives that collide with a positive dropped).
     """
     pool, pool_label = batch["pool_item"], batch["pool_label"]
     parts, valids = [pool], [pool > 0]
@@ -61,16 +63,21 @@ def retrieval_pool(objective: Objective, batch: dict, tables: negatives.Negative
         sampled = negatives.sample_negatives(key, pool, counts, tables)
         parts.append(sampled)
         valids.append(negatives.negative_mask(sampled, pool))
-    if objective.in_batch:
-        ids, mask = negatives.in_batch_negatives((batch["target"] * batch["example_mask"])[:, None])
-        parts.append(ids)
-        valids.append(mask & negatives.negative_mask(ids, pool))
     items = jnp.concatenate(parts, axis=1)
-    extra = items.shape[1] - pool.shape[1]
+    vectors = [item_vectors(items)]
+    if objective.in_batch:
+        targets = (batch["target"] * batch["example_mask"])[:, None]
+        ids, mask = negatives.in_batch_negatives(targets)
+        valids.append(mask & negatives.negative_mask(ids, pool))
+        shared = item_vectors(targets[:, 0])
+        vectors.append(jnp.broadcast_to(shared[None], (pool.shape[0], *shared.shape)))
+    item_vec = jnp.concatenate(vectors, axis=1)
+    valid = jnp.concatenate(valids, axis=1)
+    extra = valid.shape[1] - pool.shape[1]
     labels = jnp.concatenate(
         [pool_label, jnp.zeros((pool.shape[0], extra, pool_label.shape[-1]), pool_label.dtype)],
         axis=1)
-    return items, labels, jnp.concatenate(valids, axis=1)
+    return item_vec, labels, valid
 
 
 def compute_loss(objective: Objective, model, params: Any, batch: dict, catalog: dict,
@@ -92,12 +99,13 @@ def compute_loss(objective: Objective, model, params: Any, batch: dict, catalog:
                                               batch["target"], mask)
         metrics["ce"] = total
     elif objective.mode == "retrieval":
-        items, labels, valid = retrieval_pool(objective, batch, tables, negative_key)
-        item_vec = model.apply(variables, items, catalog, method="item_vectors")
+        item_vec, labels, valid = retrieval_pool(
+            objective, batch, tables, negative_key,
+            lambda ids: model.apply(variables, ids, catalog, method="item_vectors"))
         for step, task in objective.assignment:
             loss, parts = losses.retrieval_step_loss(
                 out["user_vectors"][step], item_vec, labels[..., task], valid, mask,
-                objective.eta)
+                objective.eta, positive_slots=batch["pool_item"].shape[1])
             total = total + loss
             metrics.update({f"{name}/s{step}t{task}": v for name, v in parts.items()})
     else:

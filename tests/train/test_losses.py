@@ -242,3 +242,20 @@ def test_sampled_softmax_padding_invariance():
     for g, g_p in zip(grads, grads_p, strict=True):
         np.testing.assert_array_equal(g, g_p)
     assert jnp.all(grads[2][0, 1] == 0)
+
+
+def test_positive_slots_only_skips_work_not_value():
+    """I2U restricted to the pool columns equals the full computation when positives live there."""
+    rng = np.random.default_rng(7)
+    b, pool, extra, d = 4, 3, 5, 8
+    user = jnp.asarray(rng.normal(size=(b, d)), jnp.float32)
+    items = jnp.asarray(rng.normal(size=(b, pool + extra, d)), jnp.float32)
+    label = np.zeros((b, pool + extra), np.float32)
+    label[:, 0] = 1.0
+    label[1, 2] = 1.0
+    valid = jnp.ones((b, pool + extra), bool)
+    mask = jnp.array([True, True, False, True])
+    full, _ = retrieval_step_loss(user, items, jnp.asarray(label), valid, mask, 0.1)
+    fast, _ = retrieval_step_loss(user, items, jnp.asarray(label), valid, mask, 0.1,
+                                  positive_slots=pool)
+    np.testing.assert_allclose(float(fast), float(full), rtol=1e-6)
