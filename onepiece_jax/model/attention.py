@@ -1,0 +1,84 @@
+"""Self-attention with an optional KV cache: softmax MHSA or the HSTU pointwise variant.
+
+One module serves the base pass and the reasoning steps: the base pass computes K/V for all N
+tokens and returns them as the cache; a reasoning step projects only its M new tokens and attends
+against ``concat(cache, new)``. Both variants cache the same two arrays, so the Transformer layer
+does not care which one it runs.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import chex
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from onepiece_jax.model.config import ModelConfig
+
+_INIT = nn.initializers.normal(stddev=0.02)
+
+
+class KVCache(NamedTuple):
+    """Per-layer keys and values of every token seen so far: key, value: [B, S, H, D_h]."""
+
+    key: jnp.ndarray
+    value: jnp.ndarray
+
+
+def _extend(cache: KVCache | None, key: jnp.ndarray, value: jnp.ndarray) -> KVCache:
+    if cache is None:
+        return KVCache(key, value)
+    return KVCache(jnp.concatenate([cache.key, key], axis=1),
+                   jnp.concatenate([cache.value, value], axis=1))
+
+
+class SelfAttention(nn.Module):
+    """Multi-head self-attention over [cache ; x] with a boolean mask.
+
+    ``attention='softmax'``: ``jax.nn.dot_product_attention`` (implementation from the config;
+    logits and softmax run in float32 there even for bfloat16 inputs).
+    ``attention='hstu'``: ``U, V, Q, K = split(SiLU(W1 x))``; weights
+    ``SiLU(QKᵀ + rab[q_pos − k_pos]) / n`` with n = number of visible keys of the row (so masked
+    keys neither add weight nor change the normaliser); output ``W2(LN(A V) ⊙ U)``. The relative
+    bias is indexed by the static ``positions`` of the layout, clipped to ``max_distance``.
+    """
+
+    config: ModelConfig
+    max_distance: int
+
+    @nn.compact
+    def __call__(self, x: jnp.ndarray, mask: jnp.ndarray, cache: KVCache | None,
+                 q_pos: np.ndarray, k_pos: np.ndarray, train: bool) -> tuple[jnp.ndarray, KVCache]:
+        """x: float32[B, Q, d] (already normed); mask: bool[B, 1, Q, S]; q_pos: int[Q];
+        k_pos: int[S] with S = cached + Q. Returns (out: [B, Q, d], cache over S keys)."""
+        cfg = self.config
+        b, q_len, _ = x.shape
+        chex.assert_shape(mask, (b, 1, q_len, k_pos.shape[0]))
+        heads, head_dim = cfg.num_heads, cfg.head_dim
+        if cfg.attention == "softmax":
+            qkv = nn.DenseGeneral((3, heads, head_dim), dtype=cfg.dtype, kernel_init=_INIT,
+                                  name="qkv")(x)
+            query, key, value = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
+            cache = _extend(cache, key, value)
+            out = jax.nn.dot_product_attention(query, cache.key, cache.value, mask=mask,
+                                               implementation=cfg.attention_impl)
+            return nn.DenseGeneral(cfg.d_model, axis=(-2, -1), dtype=cfg.dtype, kernel_init=_INIT,
+                                   name="out")(out), cache
+        uvqk = nn.silu(nn.DenseGeneral((4, heads, head_dim), dtype=cfg.dtype, kernel_init=_INIT,
+                                       name="uvqk")(x))
+        gate, value, query, key = (uvqk[:, :, i] for i in range(4))
+        cache = _extend(cache, key, value)
+        table = self.param("rel_bias", nn.initializers.zeros, (2 * self.max_distance + 1, heads))
+        rel = np.clip(q_pos[:, None] - k_pos[None, :], -self.max_distance, self.max_distance)
+        bias = jnp.transpose(table[rel + self.max_distance], (2, 0, 1))[None]
+        logits = jnp.einsum("bqhd,bkhd->bhqk", query, cache.key,
+                            preferred_element_type=jnp.float32) + bias
+        visible = mask.astype(jnp.float32)
+        weights = nn.silu(logits) * visible / jnp.maximum(visible.sum(-1, keepdims=True), 1.0)
+        mixed = jnp.einsum("bhqk,bkhd->bqhd", weights.astype(cfg.dtype), cache.value)
+        normed = nn.LayerNorm(dtype=jnp.float32, name="norm")(mixed.reshape(b, q_len, -1))
+        gated = normed.astype(cfg.dtype) * gate.reshape(b, q_len, -1)
+        return nn.Dense(cfg.d_model, dtype=cfg.dtype, kernel_init=_INIT, name="out")(gated), cache

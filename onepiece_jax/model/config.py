@@ -1,0 +1,282 @@
+"""The model's static configuration: one frozen, hashable dataclass.
+
+Flax module fields must be hashable (they key the jit cache and module identity), so everything
+the model needs to know statically — sizes, flags, the feature spec, the token layout — lives in
+:class:`ModelConfig` as ints, strings and tuples. :func:`from_config` builds it from the
+experiment ``ConfigDict`` plus the dataset's ``features.json`` dict; :meth:`ModelConfig.layout`
+derives the token layout (segment offsets, block size) every module agrees on.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from typing import Any, NamedTuple
+
+import numpy as np
+
+MODES = ("retrieval", "ranking")
+ATTENTIONS = ("softmax", "hstu")
+ATTENTION_IMPLS = (None, "xla", "cudnn")
+COMPUTE_DTYPES = ("float32", "bfloat16")
+BASE_MASKS = ("bidirectional", "causal")
+READOUTS = ("block", "last_token")
+ITEM_TOWERS = ("mlp", "shared_proj", "embedding")
+ENTITIES = ("item", "user", "query")
+
+
+class FeatureDef(NamedTuple):
+    """One embedding table: ``values`` in ``1..vocab_size-1`` (0 = missing), ``width`` per row."""
+
+    name: str
+    vocab_size: int
+    width: int
+
+
+class Layout(NamedTuple):
+    """Where each segment sits in the base sequence (all static Python/numpy values).
+
+    Order: IH ⊕ [BOS PA_g EOS]×G ⊕ SD ⊕ CIS; absent segments have length 0.
+    ``is_cis: bool[N]`` marks candidate tokens (the masks treat them specially);
+    ``positions: int32[N]`` is the relative-position index the HSTU bias uses — candidates share
+    one index so that no order leaks between them; ``block_rows`` is M.
+    """
+
+    ih: int
+    pa: int
+    sd: int
+    cis: int
+    block_rows: int
+    is_cis: np.ndarray
+    positions: np.ndarray
+
+    @property
+    def length(self) -> int:
+        return self.ih + self.pa + self.sd + self.cis
+
+    def block_position(self, step: int) -> int:
+        """HSTU position index of reasoning block ``step`` (1-based): after every base token."""
+        return int(self.positions.max()) + step
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    """Everything static about a OnePiece model (field defaults follow SPEC §7).
+
+    Baselines are values of these fields, see :func:`baseline_overrides`. The feature spec is kept
+    as tuples of :class:`FeatureDef` so the dataclass stays hashable. A feature named
+    ``<entity>_id`` (``item_id``, ``user_id``, ``query_id``) is embedded with ``d_model`` columns,
+    every other feature with ``feature_dim``.
+    """
+
+    mode: str = "retrieval"
+    d_model: int = 64
+    num_layers: int = 2
+    num_heads: int = 4
+    ffn_mult: int = 4
+    dropout: float = 0.1
+    feature_dim: int = 16
+    attention: str = "softmax"
+    attention_impl: str | None = None
+    compute_dtype: str = "float32"
+    base_mask: str = "bidirectional"
+    cis_visible: bool = True
+    prefix_sees_cis: bool = True
+    reasoning_steps: int = 2
+    rpe_size: int = 4
+    readout: str = "block"
+    use_side_info: bool = True
+    use_pa: bool = True
+    use_sd: bool = True
+    item_tower: str = "mlp"
+    head_hidden: int = 64
+    use_kv_cache: bool = True
+    ih_len: int = 50
+    pa_groups: int = 0
+    pa_size: int = 10
+    num_candidates: int = 12
+    num_tasks: int = 2
+    item_features: tuple[FeatureDef, ...] = (FeatureDef("item_id", 2, 1),)
+    user_features: tuple[FeatureDef, ...] = ()
+    query_features: tuple[FeatureDef, ...] = ()
+    context_features: tuple[FeatureDef, ...] = ()
+    num_behaviors: int = 0
+    pa_behaviors: tuple[int, ...] = ()
+
+    def __post_init__(self):
+        _check_choice("mode", self.mode, MODES)
+        _check_choice("attention", self.attention, ATTENTIONS)
+        _check_choice("attention_impl", self.attention_impl, ATTENTION_IMPLS)
+        _check_choice("compute_dtype", self.compute_dtype, COMPUTE_DTYPES)
+        _check_choice("base_mask", self.base_mask, BASE_MASKS)
+        _check_choice("readout", self.readout, READOUTS)
+        _check_choice("item_tower", self.item_tower, ITEM_TOWERS)
+        for key in ("d_model", "num_layers", "num_heads", "ffn_mult", "feature_dim",
+                    "head_hidden", "ih_len", "num_tasks"):
+            if getattr(self, key) < 1:
+                raise ValueError(f"model.{key}={getattr(self, key)}: must be >= 1")
+        if self.d_model % self.num_heads:
+            raise ValueError(f"model.d_model={self.d_model} is not divisible by "
+                             f"model.num_heads={self.num_heads}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"model.dropout={self.dropout}: must be in [0, 1)")
+        if not 0 <= self.reasoning_steps <= self.rpe_size:
+            raise ValueError(f"model.reasoning_steps={self.reasoning_steps}: must be in "
+                             f"[0, model.rpe_size={self.rpe_size}] (one RPE row per step)")
+        if self.mode == "retrieval" and self.readout == "block" and not self.use_sd:
+            raise ValueError("model.readout='block' in retrieval reads the 2 SD tokens (M = |SD|); "
+                             "it needs model.use_sd=True, or use model.readout='last_token'")
+        if self.mode == "ranking":
+            if self.readout != "block":
+                raise ValueError("model.readout: ranking reads one row per candidate, so it must "
+                                 "be 'block' (for ReaRec-style single-token streams set "
+                                 "model.cis_visible=False)")
+            if self.num_candidates < 1:
+                raise ValueError(f"context.num_candidates={self.num_candidates}: must be >= 1")
+        if self.use_pa and self.pa_groups:
+            if self.pa_size < 1:
+                raise ValueError(f"context.pa_group_size={self.pa_size}: must be >= 1")
+            if len(self.pa_behaviors) != self.pa_groups:
+                raise ValueError(f"pa_behaviors has {len(self.pa_behaviors)} entries for "
+                                 f"{self.pa_groups} anchor groups (spec['pa_groups'])")
+        names = [f.name for f in self.item_features]
+        if "item_id" not in names and (not self.use_side_info or self.item_tower == "embedding"):
+            raise ValueError("spec['item'] has no 'item_id' feature, which "
+                             "model.use_side_info=False and model.item_tower='embedding' need")
+
+    @property
+    def head_dim(self) -> int:
+        return self.d_model // self.num_heads
+
+    @property
+    def dtype(self) -> Any:
+        """The activation dtype of dense/attention compute (parameters stay float32)."""
+        import jax.numpy as jnp
+
+        return jnp.bfloat16 if self.compute_dtype == "bfloat16" else jnp.float32
+
+    @property
+    def active_item_features(self) -> tuple[FeatureDef, ...]:
+        """Item tables the model reads: all of them, or only the id without side info."""
+        if self.use_side_info:
+            return self.item_features
+        return tuple(f for f in self.item_features if f.name == "item_id")
+
+    @property
+    def uses_behavior(self) -> bool:
+        return self.use_side_info and self.num_behaviors > 0
+
+    def feature_width(self, entity: str, feature: FeatureDef) -> int:
+        """Embedding width of a table: ids get ``d_model``, side features ``feature_dim``."""
+        return self.d_model if feature.name == f"{entity}_id" else self.feature_dim
+
+    def layout(self) -> Layout:
+        ih = self.ih_len
+        pa = self.pa_groups * (self.pa_size + 2) if self.use_pa else 0
+        sd = 2 if self.use_sd else 0
+        cis = self.num_candidates if self.mode == "ranking" else 0
+        n = ih + pa + sd + cis
+        if self.mode == "ranking":
+            rows = cis
+        else:
+            rows = 2 if self.readout == "block" else 1
+        is_cis = np.arange(n) >= ih + pa + sd
+        positions = np.minimum(np.arange(n), ih + pa + sd).astype(np.int32)
+        return Layout(ih, pa, sd, cis, rows, is_cis, positions)
+
+
+def _check_choice(key: str, value: Any, choices: tuple) -> None:
+    if value not in choices:
+        raise ValueError(f"model.{key}={value!r}: expected one of {choices}")
+
+
+def _features(spec: Mapping, entity: str) -> tuple[FeatureDef, ...]:
+    tables = spec.get(entity) or {}
+    return tuple(FeatureDef(str(name), int(t["vocab_size"]), int(t["width"]))
+                 for name, t in tables.items())
+
+
+def _behavior_level(group: Any, behaviors: list[str]) -> int:
+    """A PA group's behaviour as a 1-based level: given by name (the data's convention) or level."""
+    if isinstance(group, str):
+        if group not in behaviors:
+            raise ValueError(f"spec['pa_groups'] names behaviour {group!r}, not in "
+                             f"spec['behaviors']={behaviors}")
+        return behaviors.index(group) + 1
+    return int(group)
+
+
+def _get(section: Any, key: str, default: Any) -> Any:
+    if section is None:
+        return default
+    value = section.get(key, default) if hasattr(section, "get") else getattr(section, key, default)
+    return default if value is None else value
+
+
+def from_config(cfg: Any, spec: Mapping) -> ModelConfig:
+    """Builds the :class:`ModelConfig` from an experiment ConfigDict and the feature spec.
+
+    Reads ``cfg.model.<field>`` for every ModelConfig field that is not a shape or the spec,
+    ``cfg.mode`` (or ``cfg.model.mode``), ``cfg.context.ih_max_len``, ``cfg.context.pa_group_size``,
+    ``cfg.context.num_candidates`` and ``len(cfg.tasks)``; anchor groups, behaviours and tables
+    come from ``spec``. Missing keys keep the dataclass default, so partial configs work in tests.
+    ``attention_impl=''`` means None (the config system cannot hold None in a string field).
+    """
+    model = _get(cfg, "model", None)
+    context = _get(cfg, "context", None)
+    defaults = ModelConfig()
+    shape_and_spec = {"mode", "ih_len", "pa_groups", "pa_size", "num_candidates", "num_tasks",
+                      "item_features", "user_features", "query_features", "context_features",
+                      "num_behaviors", "pa_behaviors"}
+    kwargs = {f.name: _get(model, f.name, getattr(defaults, f.name))
+              for f in dataclasses.fields(ModelConfig) if f.name not in shape_and_spec}
+    kwargs["attention_impl"] = kwargs["attention_impl"] or None
+    behaviors = list(spec.get("behaviors", []))
+    groups = list(spec.get("pa_groups", []))
+    tasks = _get(cfg, "tasks", None) or spec.get("tasks") or ()
+    return ModelConfig(
+        mode=_get(model, "mode", None) or _get(cfg, "mode", defaults.mode),
+        ih_len=int(_get(context, "ih_max_len", defaults.ih_len)),
+        pa_groups=len(groups),
+        pa_size=int(_get(context, "pa_group_size", defaults.pa_size)),
+        num_candidates=int(_get(context, "num_candidates", defaults.num_candidates)),
+        num_tasks=max(len(tasks), 1),
+        item_features=_features(spec, "item"),
+        user_features=_features(spec, "user"),
+        query_features=_features(spec, "query"),
+        context_features=_features(spec, "context"),
+        num_behaviors=len(behaviors),
+        pa_behaviors=tuple(_behavior_level(g, behaviors) for g in groups),
+        **kwargs,
+    )
+
+
+def baseline_overrides(name: str, mode: str = "retrieval") -> dict[str, Any]:
+    """``cfg.model`` overrides that turn OnePiece into a baseline of SPEC §8 (one model, configs).
+
+    ``sasrec``: causal id-only history, last-token readout, item-id table as item tower.
+    ``bidirectional``: OnePiece context without reasoning (K=0).
+    ``rearec`` / ``rearec_pa``: single-token (M=1) reasoning; in ranking each candidate is its own
+    stream (candidates mutually invisible, also inside reasoning blocks).
+    ``hstu`` / ``hstu_pa``: HSTU layers, causal, no reasoning; ranking candidates see the prefix
+    only (M-FALCON). ``onepiece``: the defaults.
+    """
+    ranking = mode == "ranking"
+    table: dict[str, dict[str, Any]] = {
+        "onepiece": {},
+        "bidirectional": {"reasoning_steps": 0},
+        "sasrec": {"base_mask": "causal", "use_side_info": False, "use_pa": False,
+                   "use_sd": False, "reasoning_steps": 0, "readout": "last_token",
+                   "item_tower": "embedding"},
+        "rearec": {"use_pa": False, "reasoning_steps": 2,
+                   **({"cis_visible": False} if ranking else {"readout": "last_token"})},
+        "hstu": {"attention": "hstu", "base_mask": "causal", "use_pa": False,
+                 "reasoning_steps": 0, **({"cis_visible": False} if ranking else {})},
+    }
+    table["rearec_pa"] = {**table["rearec"], "use_pa": True}
+    table["hstu_pa"] = {**table["hstu"], "use_pa": True}
+    if name not in table:
+        raise ValueError(f"unknown baseline {name!r}; expected one of {sorted(table)}")
+    if name == "sasrec" and ranking:
+        raise ValueError("baseline 'sasrec' is a retrieval (next-item) model; mode='ranking' given")
+    return dict(table[name])

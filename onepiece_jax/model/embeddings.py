@@ -1,0 +1,209 @@
+"""Feature tables, segment adapters and the item tower: ids → the base token sequence.
+
+Every categorical feature is one ``nn.Embed`` table, looked up through the ``catalog`` pytree
+(``catalog[entity][name]: int32[num_entities + 1, width]``), mean-pooled over its width (values
+> 0) and concatenated per token; a segment's MLP adapter then compresses the concatenation into
+one d-dim token (SPEC §1). The tables are shared by IH, PA, CIS and the retrieval item tower; the
+adapters are per segment because the segments play different roles.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import chex
+import flax.linen as nn
+import jax.numpy as jnp
+
+from onepiece_jax.model.config import FeatureDef, ModelConfig
+
+_INIT = nn.initializers.normal(stddev=0.02)
+Catalog = Mapping[str, Mapping[str, jnp.ndarray]]
+
+
+def masked_mean(vectors: jnp.ndarray, values: jnp.ndarray) -> jnp.ndarray:
+    """vectors: float[..., W, D], values: int32[..., W] → float[..., D], mean over values > 0.
+
+    Multi-valued features are right-padded with 0; an all-zero row pools to the zero vector.
+    """
+    weight = (values > 0).astype(vectors.dtype)[..., None]
+    return (vectors * weight).sum(-2) / jnp.maximum(weight.sum(-2), 1.0)
+
+
+class Adapter(nn.Module):
+    """Two-layer GELU MLP into d_model: a segment's ``Proj_*`` (SPEC §1) or the item tower."""
+
+    config: ModelConfig
+
+    @nn.compact
+    def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
+        cfg = self.config
+        x = nn.gelu(nn.Dense(cfg.d_model, dtype=cfg.dtype, kernel_init=_INIT)(x))
+        return nn.Dense(cfg.d_model, dtype=cfg.dtype, kernel_init=_INIT)(x).astype(jnp.float32)
+
+
+class FeatureTables(nn.Module):
+    """One embedding table per feature of the spec, plus the behaviour table (levels + 1)."""
+
+    config: ModelConfig
+
+    def setup(self):
+        cfg = self.config
+
+        def tables(entity: str, features: tuple[FeatureDef, ...]) -> dict[str, nn.Embed]:
+            return {f.name: nn.Embed(f.vocab_size, cfg.feature_width(entity, f))
+                    for f in features}
+
+        self.item = tables("item", cfg.active_item_features)
+        self.user = tables("user", cfg.user_features)
+        self.query = tables("query", cfg.query_features)
+        self.context = tables("context", cfg.context_features)
+        if cfg.uses_behavior:
+            self.behavior = nn.Embed(cfg.num_behaviors + 1, cfg.feature_dim)
+
+    def entity(self, entity: str, ids: jnp.ndarray, catalog: Catalog) -> jnp.ndarray:
+        """ids: int32[...] of one entity kind → float32[..., D_entity], features concatenated."""
+        cfg = self.config
+        features = {"item": cfg.active_item_features, "user": cfg.user_features,
+                    "query": cfg.query_features}[entity]
+        tables = {"item": self.item, "user": self.user, "query": self.query}[entity]
+        pooled = []
+        for f in features:
+            values = jnp.take(catalog[entity][f.name], ids, axis=0)
+            pooled.append(masked_mean(tables[f.name](values), values))
+        return jnp.concatenate(pooled, axis=-1)
+
+    def context_features(self, values: jnp.ndarray) -> jnp.ndarray:
+        """values: int32[B, F_ctx] (features side by side, spec order) → float32[B, D_ctx]."""
+        pooled, start = [], 0
+        for f in self.config.context_features:
+            cols = values[:, start:start + f.width]
+            pooled.append(masked_mean(self.context[f.name](cols), cols))
+            start += f.width
+        return jnp.concatenate(pooled, axis=-1)
+
+    def behavior_embedding(self, levels: jnp.ndarray) -> jnp.ndarray:
+        """levels: int32[...] → float32[..., feature_dim]; level 0 (unknown) embeds to zero, so an
+        item without behaviour (tied item tower) is the item features alone."""
+        return self.behavior(levels) * (levels > 0)[..., None]
+
+
+class ContextEmbedder(nn.Module):
+    """Builds the base sequence IH ⊕ [BOS PA_g EOS]×G ⊕ SD ⊕ CIS and the item tower.
+
+    Position signals (SPEC §1): IH learnable absolute slots (left-padded, slot L-1 = newest); PA
+    slots restart in every group (BOS 0, items 1..P, EOS P+1) with learnable BOS/EOS vectors; one
+    slot embedding per SD token; none for CIS (position must not leak relevance).
+    """
+
+    config: ModelConfig
+
+    def setup(self):
+        cfg = self.config
+        d = cfg.d_model
+        self.tables = FeatureTables(cfg)
+        self.proj_shared = Adapter(cfg)
+        self.ih_pos = self.param("ih_pos", _INIT, (cfg.ih_len, d))
+        if cfg.layout().pa:
+            self.pa_pos = self.param("pa_pos", _INIT, (cfg.pa_size + 2, d))
+            self.bos = self.param("bos", _INIT, (d,))
+            self.eos = self.param("eos", _INIT, (d,))
+        if cfg.use_sd:
+            self.sd_pos = self.param("sd_pos", _INIT, (2, d))
+            self.proj_user = Adapter(cfg) if cfg.user_features else None
+            self.proj_query = Adapter(cfg) if cfg.query_features else None
+            self.proj_context = Adapter(cfg) if cfg.context_features else None
+            if not (cfg.user_features and (cfg.query_features or cfg.context_features)):
+                self.sd_default = self.param("sd_default", _INIT, (2, d))
+        if cfg.mode == "ranking":
+            self.proj_cand = Adapter(cfg)
+        if cfg.item_tower == "mlp":
+            self.item_tower = Adapter(cfg)
+
+    def _shared_tokens(self, items: jnp.ndarray, levels: jnp.ndarray,
+                       catalog: Catalog) -> jnp.ndarray:
+        """IH/PA tokens: items, levels: int32[...] → float32[..., d] through proj_shared."""
+        features = self.tables.entity("item", items, catalog)
+        if self.config.uses_behavior:
+            features = jnp.concatenate([features, self.tables.behavior_embedding(levels)], -1)
+        return self.proj_shared(features)
+
+    def _anchor_tokens(self, pa_item: jnp.ndarray, catalog: Catalog) -> jnp.ndarray:
+        """pa_item: int32[B, G, P] → float32[B, G·(P+2), d] with BOS/EOS around every group."""
+        cfg = self.config
+        b, g, p = pa_item.shape
+        levels = jnp.broadcast_to(jnp.asarray(cfg.pa_behaviors, jnp.int32)[None, :, None],
+                                  pa_item.shape)
+        items = self._shared_tokens(pa_item, levels, catalog) + self.pa_pos[1:p + 1]
+        bos = jnp.broadcast_to(self.bos + self.pa_pos[0], (b, g, 1, cfg.d_model))
+        eos = jnp.broadcast_to(self.eos + self.pa_pos[p + 1], (b, g, 1, cfg.d_model))
+        return jnp.concatenate([bos, items, eos], axis=2).reshape(b, g * (p + 2), cfg.d_model)
+
+    def _situation_tokens(self, batch: Mapping[str, jnp.ndarray],
+                          catalog: Catalog) -> jnp.ndarray:
+        """SD: [user, query-or-context] → float32[B, 2, d].
+
+        Search examples (query > 0) use the query adapter; recommendation examples use the
+        context adapter on ``batch['context']`` — a per-example select, so one batch may mix both
+        and the shapes stay static. A side the spec has no tables for is a learned vector.
+        """
+        cfg = self.config
+        b = batch["user"].shape[0]
+        default = getattr(self, "sd_default", None)
+        user = (self.proj_user(self.tables.entity("user", batch["user"], catalog))
+                if self.proj_user is not None else jnp.broadcast_to(default[0], (b, cfg.d_model)))
+        if self.proj_context is not None and "context" in batch:
+            context = self.proj_context(self.tables.context_features(batch["context"]))
+        elif self.proj_context is not None:
+            context = jnp.zeros((b, cfg.d_model), jnp.float32)
+        else:
+            context = jnp.broadcast_to(default[1], (b, cfg.d_model))
+        if self.proj_query is not None:
+            query = self.proj_query(self.tables.entity("query", batch["query"], catalog))
+            context = jnp.where((batch["query"] > 0)[:, None], query, context)
+        return jnp.stack([user, context], axis=1) + self.sd_pos
+
+    def __call__(self, batch: Mapping[str, jnp.ndarray],
+                 catalog: Catalog) -> tuple[jnp.ndarray, jnp.ndarray]:
+        """Returns tokens: float32[B, N, d] and valid: bool[B, N] (ids > 0; BOS/EOS/SD valid)."""
+        cfg = self.config
+        layout = cfg.layout()
+        ih_item = batch["ih_item"]
+        b = ih_item.shape[0]
+        chex.assert_shape(ih_item, (b, cfg.ih_len))
+        ih_levels = batch.get("ih_behavior", jnp.zeros_like(ih_item))
+        tokens = [self._shared_tokens(ih_item, ih_levels, catalog) + self.ih_pos]
+        valid = [ih_item > 0]
+        if layout.pa:
+            pa_item = batch["pa_item"]
+            chex.assert_shape(pa_item, (b, cfg.pa_groups, cfg.pa_size))
+            tokens.append(self._anchor_tokens(pa_item, catalog))
+            edge = jnp.ones((b, cfg.pa_groups, 1), bool)
+            valid.append(jnp.concatenate([edge, pa_item > 0, edge], axis=2).reshape(b, -1))
+        if layout.sd:
+            tokens.append(self._situation_tokens(batch, catalog))
+            valid.append(jnp.ones((b, 2), bool))
+        if layout.cis:
+            cis_item = batch["cis_item"]
+            chex.assert_shape(cis_item, (b, cfg.num_candidates))
+            tokens.append(self.proj_cand(self.tables.entity("item", cis_item, catalog)))
+            valid.append(cis_item > 0)
+        tokens, valid = jnp.concatenate(tokens, axis=1), jnp.concatenate(valid, axis=1)
+        chex.assert_shape(tokens, (b, layout.length, cfg.d_model))
+        chex.assert_type(tokens, jnp.float32)
+        return tokens, valid
+
+    def item_vectors(self, items: jnp.ndarray, catalog: Catalog) -> jnp.ndarray:
+        """items: int32[...] → float32[..., d], the retrieval item tower z_v.
+
+        'mlp': its own adapter over the item features; 'shared_proj': proj_shared with behaviour
+        level 0 (tied to the history tokens); 'embedding': the item-id table row (SASRec).
+        """
+        cfg = self.config
+        if cfg.item_tower == "embedding":
+            values = jnp.take(catalog["item"]["item_id"], items, axis=0)
+            return masked_mean(self.tables.item["item_id"](values), values)
+        if cfg.item_tower == "shared_proj":
+            return self._shared_tokens(items, jnp.zeros_like(items), catalog)
+        return self.item_tower(self.tables.entity("item", items, catalog))
+

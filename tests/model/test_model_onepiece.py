@@ -1,0 +1,168 @@
+"""The model end to end: output contract, jit, default size fwd+bwd, bfloat16, baselines, config."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+
+from onepiece_jax.model import ModelConfig, baseline_overrides, from_config, param_summary
+
+
+@pytest.mark.parametrize("mode", ["retrieval", "ranking"])
+def test_outputs_follow_the_architecture_contract_under_jit(tiny, mode):
+    cfg = tiny.config(mode, reasoning_steps=2)
+    batch, catalog = tiny.batch(mode), tiny.catalog()
+    model, variables = tiny.init(cfg, batch, catalog, real=True)
+    apply = jax.jit(model.module.apply, static_argnames="train")
+    out = apply(variables, batch, catalog, train=True, rngs={"dropout": jax.random.PRNGKey(0)})
+    b, k1, d = batch["user"].shape[0], cfg.reasoning_steps + 1, cfg.d_model
+    m = 2 if mode == "retrieval" else cfg.num_candidates
+    assert out["blocks"].shape == (k1, b, m, d) and out["blocks"].dtype == jnp.float32
+    if mode == "retrieval":
+        assert out["user_vectors"].shape == (k1, b, d)
+        items = jax.jit(lambda v, i, c: model.apply(v, i, c, method="item_vectors"))(
+            variables, batch["pool_item"], catalog)
+        assert items.shape == (*batch["pool_item"].shape, d) and items.dtype == jnp.float32
+    else:
+        assert out["logits"].shape == (k1, b, cfg.num_candidates, cfg.num_tasks)
+        assert out["logits"].dtype == jnp.float32
+    for value in out.values():
+        assert np.isfinite(np.asarray(value)).all()
+
+
+def test_dropout_is_active_in_training_and_off_in_inference(tiny):
+    cfg = tiny.config("ranking")
+    batch, catalog = tiny.batch("ranking"), tiny.catalog()
+    model, variables = tiny.init(cfg, batch, catalog)
+    a = model.apply(variables, batch, catalog, train=True, rngs={"dropout": jax.random.PRNGKey(0)})
+    b = model.apply(variables, batch, catalog, train=True, rngs={"dropout": jax.random.PRNGKey(1)})
+    assert float(jnp.abs(a["logits"] - b["logits"]).max()) > 0
+    c = model.apply(variables, batch, catalog, train=False)
+    np.testing.assert_array_equal(c["logits"], model.apply(variables, batch, catalog)["logits"])
+
+
+@pytest.mark.parametrize("mode", ["retrieval", "ranking"])
+def test_default_width_forward_and_backward_jit_on_cpu(tiny, mode):
+    cfg = dataclasses.replace(tiny.config(mode), d_model=64, num_heads=4, feature_dim=16,
+                              head_hidden=64)
+    batch, catalog = tiny.batch(mode), tiny.catalog()
+    model, variables = tiny.init(cfg, batch, catalog)
+    key = "user_vectors" if mode == "retrieval" else "logits"
+
+    @jax.jit
+    def loss_and_grad(params, rng):
+        def loss(p):
+            out = model.apply({"params": p}, batch, catalog, train=True, rngs={"dropout": rng})
+            return jnp.mean(out[key] ** 2)
+        return jax.value_and_grad(loss)(params)
+
+    value, grads = loss_and_grad(variables["params"], jax.random.PRNGKey(0))
+    assert np.isfinite(float(value))
+    assert all(bool(jnp.isfinite(g).all()) for g in jax.tree_util.tree_leaves(grads))
+
+
+@pytest.mark.parametrize("mode", ["retrieval", "ranking"])
+def test_bfloat16_compute_runs_keeps_float32_params_and_outputs(tiny, mode):
+    batch, catalog = tiny.batch(mode), tiny.catalog()
+    model32, variables = tiny.init(tiny.config(mode), batch, catalog)
+    model16, variables16 = tiny.init(tiny.config(mode, compute_dtype="bfloat16"), batch, catalog)
+    assert all(p.dtype == jnp.float32 for p in jax.tree_util.tree_leaves(variables16))
+    out16 = model16.apply(variables, batch, catalog)
+    out32 = model32.apply(variables, batch, catalog)
+    for key, value in out16.items():
+        assert value.dtype == jnp.float32 and np.isfinite(np.asarray(value)).all()
+        np.testing.assert_allclose(value, out32[key], atol=0.1, rtol=0.1)
+
+
+def test_fully_padded_example_gives_finite_outputs(tiny):
+    cfg = tiny.config("ranking")
+    batch, catalog = tiny.batch("ranking"), tiny.catalog()
+    model, variables = tiny.init(cfg, batch, catalog)
+    empty = {k: jnp.zeros_like(v) for k, v in batch.items()}
+    out = model.apply(variables, empty, catalog)
+    assert all(np.isfinite(np.asarray(v)).all() for v in out.values())
+
+
+@pytest.mark.parametrize("name,mode", [
+    ("sasrec", "retrieval"), ("bidirectional", "retrieval"), ("rearec", "retrieval"),
+    ("rearec_pa", "ranking"), ("hstu", "retrieval"), ("hstu_pa", "ranking"),
+    ("onepiece", "ranking"),
+])
+def test_every_baseline_is_a_config_of_the_one_model(tiny, name, mode):
+    cfg = tiny.config(mode, **baseline_overrides(name, mode))
+    batch, catalog = tiny.batch(mode), tiny.catalog()
+    model, variables = tiny.init(cfg, batch, catalog)
+    out = model.apply(variables, batch, catalog)
+    m = cfg.layout().block_rows
+    assert out["blocks"].shape[:3] == (cfg.reasoning_steps + 1, batch["user"].shape[0], m)
+    if name in ("sasrec", "rearec") and mode == "retrieval":
+        assert m == 1
+    if name == "sasrec":
+        assert "proj_shared" in variables["params"]["embedder"]
+        assert set(variables["params"]["embedder"]["tables"]) == {"item_item_id"}
+        table = variables["params"]["embedder"]["tables"]["item_item_id"]["embedding"]
+        vectors = model.apply(variables, jnp.array([3, 5]), catalog, method="item_vectors")
+        np.testing.assert_allclose(vectors, table[jnp.array([3, 5])], atol=1e-6)
+
+
+def test_tied_item_tower_uses_proj_shared_and_adds_no_parameters(tiny):
+    batch, catalog = tiny.batch("retrieval"), tiny.catalog()
+    _, separate = tiny.init(tiny.config("retrieval"), batch, catalog)
+    _, tied = tiny.init(tiny.config("retrieval", item_tower="shared_proj"), batch, catalog)
+    assert "item_tower" in separate["params"]["embedder"]
+    assert "item_tower" not in tied["params"]["embedder"]
+
+
+def test_param_summary_lists_modules_and_the_total(tiny):
+    batch, catalog = tiny.batch("ranking"), tiny.catalog()
+    _, variables = tiny.init(tiny.config("ranking"), batch, catalog)
+    text = param_summary(variables)
+    total = sum(int(np.prod(p.shape)) for p in jax.tree_util.tree_leaves(variables))
+    assert "encoder/layer_0" in text and "heads" in text
+    assert text.splitlines()[-1].split()[-1] == f"{total:,}"
+
+
+def _experiment_config(**model) -> ml_collections.ConfigDict:
+    return ml_collections.ConfigDict({
+        "mode": "ranking", "tasks": ("click", "cart", "order"),
+        "context": {"ih_max_len": 6, "pa_group_size": 3, "num_candidates": 4},
+        "model": {"d_model": 16, "num_heads": 2, "attention_impl": "", **model},
+    })
+
+
+def test_from_config_reads_model_context_and_spec_keys(tiny):
+    cfg = from_config(_experiment_config(reasoning_steps=3), tiny.spec())
+    assert (cfg.mode, cfg.d_model, cfg.reasoning_steps) == ("ranking", 16, 3)
+    assert (cfg.ih_len, cfg.pa_size, cfg.num_candidates, cfg.num_tasks) == (6, 3, 4, 3)
+    assert cfg.pa_groups == 2 and cfg.pa_behaviors == (3, 1) and cfg.num_behaviors == 3
+    assert cfg.attention_impl is None
+    assert [f.name for f in cfg.item_features] == ["item_id", "genre", "shop"]
+    assert hash(cfg) == hash(from_config(_experiment_config(reasoning_steps=3), tiny.spec()))
+
+
+@pytest.mark.parametrize("overrides,key", [
+    ({"reasoning_steps": 5, "rpe_size": 4}, "model.reasoning_steps"),
+    ({"readout": "last_token"}, "model.readout"),
+    ({"attention": "linear"}, "model.attention"),
+    ({"d_model": 15}, "model.d_model"),
+    ({"compute_dtype": "float16"}, "model.compute_dtype"),
+])
+def test_invalid_model_config_raises_value_error_naming_the_key(tiny, overrides, key):
+    with pytest.raises(ValueError, match=key):
+        from_config(_experiment_config(**overrides), tiny.spec())
+
+
+def test_retrieval_block_readout_without_sd_is_rejected():
+    with pytest.raises(ValueError, match="model.use_sd"):
+        ModelConfig(mode="retrieval", readout="block", use_sd=False)
+
+
+def test_unknown_pa_group_behaviour_is_rejected(tiny):
+    spec = {**tiny.spec(), "pa_groups": ["purchase"]}
+    with pytest.raises(ValueError, match="pa_groups"):
+        from_config(_experiment_config(), spec)
