@@ -190,9 +190,14 @@ def load_workdir_config(workdir: str | Path) -> ml_collections.ConfigDict:
     return ml_collections.ConfigDict(tuples(raw))
 
 
-def train_and_evaluate(config, workdir: str | Path, *, progress: bool = True) -> dict:
+def train_and_evaluate(config, workdir: str | Path, *, progress: bool = True,
+                       preempt_at_step: int | None = None) -> dict:
     """Trains with periodic validation and early stopping, then evaluates the best checkpoint on
-    test. Returns ``{"history": [...], "results": {...}}``."""
+    test. Returns ``{"history": [...], "results": {...}}``.
+
+    ``preempt_at_step`` behaves exactly like a SIGTERM arriving after that step (checkpoint, then
+    return ``{"preempted": True}``); it lets tests and drills exercise resume deterministically.
+    """
     workdir = Path(workdir)
     _check_writable(workdir)
     _save_config(config, workdir)
@@ -247,7 +252,7 @@ def train_and_evaluate(config, workdir: str | Path, *, progress: bool = True) ->
                     _log(writer, bar, metrics, step, rate, last_val, config)
                     window_start, window_examples = time.perf_counter(), 0
                 bar.update(1)
-                if preempt.requested:
+                if preempt.requested or step == preempt_at_step:
                     book["iterator"] = it.get_state()
                     ckpts.save(step, state, book)
                     print(f"preempted: saved step {step}; rerun the same command to resume",
@@ -300,8 +305,12 @@ def _log(writer, bar, metrics, step: int, rate: float, last_val: float, config) 
         for k, v in scalars.items():
             writer.add_scalar(f"train/{k}", v, step)
         writer.add_scalar("train/examples_per_s", rate, step)
-    bar.set_postfix({"loss": f"{scalars['loss']:.4f}", "ex/s": f"{rate:.0f}",
-                     f"val {config.train.early_stop_metric}": f"{last_val:.4f}"})
+    shown = {"loss": f"{scalars['loss']:.4f}", "ex/s": f"{rate:.0f}",
+             f"val {config.train.early_stop_metric}": f"{last_val:.4f}"}
+    if bar.disable:
+        print(f"step {step} " + " ".join(f"{k} {v}" for k, v in shown.items()), flush=True)
+    else:
+        bar.set_postfix(shown)
 
 
 def _log_validation(writer, result: dict, step: int, epoch: int, config) -> None:

@@ -1,0 +1,66 @@
+"""A tiny planted dataset and config shared by the training tests (one build per session)."""
+
+import numpy as np
+import pytest
+
+from onepiece_jax.config import base_config
+from onepiece_jax.data.context import ContextConfig
+from onepiece_jax.data.events import EventLog, FeatureTable, identity_table
+from onepiece_jax.data.tfds_builder import build
+
+DAY = 86400
+
+
+def planted_log(users: int = 120, items: int = 150, length: int = 14, seed: int = 0,
+                clusters: int = 5) -> EventLog:
+    """Users belong to one of ``clusters`` tastes (user id mod clusters) and only consume items of
+    their cluster (item id mod clusters), in random order; the category feature is the cluster.
+    Reading the history (or its categories) narrows 150 items to 30; popularity cannot."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for u in range(1, users + 1):
+        pool = np.arange(1, items + 1)[np.arange(1, items + 1) % clusters == u % clusters]
+        t0 = rng.integers(0, 20 * DAY)
+        for j, item in enumerate(rng.choice(pool, size=length, replace=False)):
+            rows.append((u, item, t0 + j * 3600, 1 + (j % 3 == 0)))
+    user, item, time, beh = (np.array(c) for c in zip(*rows, strict=True))
+    cat = FeatureTable(((np.arange(items + 1) % clusters) + 1)[:, None].astype(np.int32),
+                       clusters + 1)
+    cat.values[0] = 0
+    return EventLog(dataset="planted", user=user.astype(np.int32), item=item.astype(np.int32),
+                    time=time.astype(np.int64), behavior=beh.astype(np.int8),
+                    query=np.zeros(len(rows), np.int32), behaviors=("view", "like"),
+                    has_timestamps=True,
+                    item_features={"item_id": identity_table(items), "category": cat},
+                    user_features={"user_id": identity_table(users)})
+
+
+def tiny_config(build_dir: str):
+    c = base_config()
+    c.dataset.name = "planted"
+    c.dataset.build_dir = build_dir
+    c.tasks = ("window", "next")
+    c.context.ih_max_len = 8
+    c.context.pa_groups = ("like",)
+    c.context.pa_group_size = 4
+    c.context.pool_window = 3
+    c.model.update(d_model=32, num_layers=1, num_heads=2, feature_dim=8, head_hidden=16,
+                   dropout=0.0, reasoning_steps=2)
+    c.loss.negatives.update(uniform=8, popular=4, same_category=2)
+    c.train.update(batch_size=64, epochs=6, learning_rate=3e-3, warmup_steps=10,
+                   log_every_steps=1000, early_stop_patience=100)
+    c.eval.update(batch_size=64, item_chunk=64)
+    return c
+
+
+@pytest.fixture(scope="session")
+def planted_build(tmp_path_factory):
+    out = tmp_path_factory.mktemp("planted_build")
+    cfg = tiny_config(str(out))
+    from onepiece_jax.train.loop import _build_key
+
+    build(planted_log(), ContextConfig.from_config(cfg), out)
+    import json
+
+    (out / "build_key.json").write_text(json.dumps(_build_key(cfg)))
+    return out
