@@ -22,7 +22,7 @@ test: lint
 	$(BIN)/python -m pytest -n 2 --dist loadfile
 
 quickstart: $(STAMP)
-	$(BIN)/python -m onepiece_jax.quickstart
+	$(BIN)/onepiece quickstart --out runs/quickstart --data data/ml-100k
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache
