@@ -64,3 +64,40 @@ def planted_build(tmp_path_factory):
 
     (out / "build_key.json").write_text(json.dumps(_build_key(cfg)))
     return out
+
+
+def planted_ranking_log(seed: int = 0) -> EventLog:
+    """The clustered log plus one request per user (after its history): 24 candidates, half from
+    the user's cluster; in-cluster candidates are clicked (and some carted), the rest are not."""
+    from onepiece_jax.data.events import Requests
+
+    log = planted_log(seed=seed)
+    rng = np.random.default_rng(seed + 1)
+    users = log.num_users
+    items = np.arange(1, log.num_items + 1)
+    cand, lab = [], []
+    for u in range(1, users + 1):
+        mine = rng.choice(items[items % 5 == u % 5], 12, replace=False)
+        other = rng.choice(items[items % 5 != u % 5], 12, replace=False)
+        cand.append(np.concatenate([mine, other]))
+        lab.append(np.concatenate([1 + (rng.random(12) < 0.3), np.zeros(12)]).astype(np.int8))
+    last = np.array([log.time[log.user == u].max() for u in range(1, users + 1)])
+    log.requests = Requests(user=np.arange(1, users + 1, dtype=np.int32),
+                            time=(last + 3600).astype(np.int64),
+                            query=np.zeros(users, np.int32),
+                            offsets=np.arange(0, 24 * (users + 1), 24, dtype=np.int64),
+                            cand_item=np.concatenate(cand).astype(np.int32),
+                            cand_label=np.concatenate(lab))
+    return log
+
+
+def tiny_ranking_config(build_dir: str):
+    c = tiny_config(build_dir)
+    c.mode = "ranking"
+    c.tasks = ("view", "like")
+    c.context.num_candidates = 6
+    c.context.max_candidates = 24
+    c.context.val_fraction = 0.2
+    c.context.test_fraction = 0.2
+    c.train.update(batch_size=32, epochs=15, early_stop_metric="view/AUC")
+    return c
