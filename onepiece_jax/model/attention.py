@@ -51,7 +51,7 @@ class SelfAttention(nn.Module):
 
     @nn.compact
     def __call__(self, x: jnp.ndarray, mask: jnp.ndarray, cache: KVCache | None,
-                 q_pos: np.ndarray, k_pos: np.ndarray, train: bool) -> tuple[jnp.ndarray, KVCache]:
+                 q_pos: np.ndarray, k_pos: np.ndarray) -> tuple[jnp.ndarray, KVCache]:
         """x: float32[B, Q, d] (already normed); mask: bool[B, 1, Q, S]; q_pos: int[Q];
         k_pos: int[S] with S = cached + Q. Returns (out: [B, Q, d], cache over S keys)."""
         cfg = self.config

@@ -13,6 +13,7 @@ import dataclasses
 from collections.abc import Mapping
 from typing import Any, NamedTuple
 
+import jax.numpy as jnp
 import numpy as np
 
 MODES = ("retrieval", "ranking")
@@ -118,6 +119,11 @@ class ModelConfig:
         if self.d_model % self.num_heads:
             raise ValueError(f"model.d_model={self.d_model} is not divisible by "
                              f"model.num_heads={self.num_heads}")
+        if self.attention_impl == "cudnn" and (self.compute_dtype != "bfloat16"
+                                               or self.attention != "softmax"):
+            raise ValueError("model.attention_impl='cudnn' runs softmax attention in bfloat16 "
+                             "only: set model.compute_dtype='bfloat16' and "
+                             "model.attention='softmax'")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"model.dropout={self.dropout}: must be in [0, 1)")
         if not 0 <= self.reasoning_steps <= self.rpe_size:
@@ -151,8 +157,6 @@ class ModelConfig:
     @property
     def dtype(self) -> Any:
         """The activation dtype of dense/attention compute (parameters stay float32)."""
-        import jax.numpy as jnp
-
         return jnp.bfloat16 if self.compute_dtype == "bfloat16" else jnp.float32
 
     @property

@@ -75,6 +75,7 @@ class FeatureTables(nn.Module):
 
     def context_features(self, values: jnp.ndarray) -> jnp.ndarray:
         """values: int32[B, F_ctx] (features side by side, spec order) → float32[B, D_ctx]."""
+        chex.assert_shape(values, (None, sum(f.width for f in self.config.context_features)))
         pooled, start = [], 0
         for f in self.config.context_features:
             cols = values[:, start:start + f.width]

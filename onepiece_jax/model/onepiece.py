@@ -40,12 +40,12 @@ class TaskHeads(nn.Module):
         t, d, hidden = cfg.num_tasks, cfg.d_model, cfg.head_hidden
         w1 = self.param("w1", nn.initializers.lecun_normal(batch_axis=(0,)), (t, d, hidden))
         b1 = self.param("b1", nn.initializers.zeros, (t, hidden))
-        w2 = self.param("w2", nn.initializers.lecun_normal(batch_axis=(0,)), (t, hidden))
+        w2 = self.param("w2", nn.initializers.lecun_normal(batch_axis=(0,)), (t, hidden, 1))
         b2 = self.param("b2", nn.initializers.zeros, (t,))
         dt = cfg.dtype
         h = nn.gelu(jnp.einsum("...d,tdh->...th", x.astype(dt), w1.astype(dt),
                                preferred_element_type=jnp.float32) + b1)
-        return jnp.einsum("...th,th->...t", h.astype(dt), w2.astype(dt),
+        return jnp.einsum("...th,th->...t", h.astype(dt), w2[..., 0].astype(dt),
                           preferred_element_type=jnp.float32) + b2
 
 
@@ -57,13 +57,14 @@ class OnePiece(nn.Module):
     ``use_kv_cache=True`` the base is encoded once and step k runs only its M tokens against the
     cached K/V of the base and blocks < k; with ``use_kv_cache=False`` step k recomputes one
     masked pass over [base ; X_1..X_k] (identical in inference; kept for testing and the
-    latency benchmark).
+    latency benchmark; in training each recomputed pass draws its own dropout).
 
     The steps are a static Python loop, not ``lax.scan``: the cache grows by M keys per step, so
     every step has its own (small) shapes. A scan would need a preallocated N+K·M cache, attend
     over not-yet-written slots at every step and update it with dynamic slices; its only gain is
-    compile time, and with K ≤ rpe_size (a handful) the unrolled steps add only a few small M-row
-    graphs (measured on CPU: compile time grows by well under 2x from K=0 to K=3).
+    compile time, and with K ≤ rpe_size (a handful) the unrolled steps add only small M-row
+    graphs. Measured on CPU (d=64, IH 200, B=128): forward compile 0.7 s at K=0 → 1.4 s at K=3,
+    forward+backward 3.2 s → 7.1 s — seconds, once per run.
     """
 
     config: ModelConfig

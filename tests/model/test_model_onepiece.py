@@ -166,3 +166,9 @@ def test_unknown_pa_group_behaviour_is_rejected(tiny):
     spec = {**tiny.spec(), "pa_groups": ["purchase"]}
     with pytest.raises(ValueError, match="pa_groups"):
         from_config(_experiment_config(), spec)
+
+
+def test_cudnn_attention_without_bfloat16_is_rejected_before_compilation():
+    with pytest.raises(ValueError, match="model.attention_impl"):
+        ModelConfig(attention_impl="cudnn")
+    assert ModelConfig(attention_impl="cudnn", compute_dtype="bfloat16").attention_impl == "cudnn"
