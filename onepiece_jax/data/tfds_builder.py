@@ -51,7 +51,7 @@ def _feature_dict(example: dict) -> tfds.features.FeaturesDict:
 
 
 def _make_builder_class(builder: ContextBuilder, sample: dict):
-    class OnepieceExamples(tfds.core.GeneratorBasedBuilder):
+    class OnepieceExamples(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         """Context-engineered OnePiece examples (one per prediction)."""
 
         VERSION = tfds.core.Version("1.0.0")

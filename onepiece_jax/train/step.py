@@ -75,7 +75,7 @@ def make_train_step(model, objective: Objective, optimizer: optax.GradientTransf
             return compute_loss(objective, model, params, batch, catalog, tables, key)
 
         (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-        grad_norm = optax.tree_utils.tree_l2_norm(grads)
+        grad_norm = optax.tree_utils.tree_norm(grads)
         finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
