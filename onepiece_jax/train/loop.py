@@ -222,7 +222,7 @@ def train_and_evaluate(config, workdir: str | Path, *, progress: bool = True,
     state = jax.device_put(state, replicated(job.mesh))
     ckpts = Checkpoints(workdir, int(tcfg.keep_checkpoints))
     book = {"history": [], "best": None, "bad_epochs": 0, "iterator": it.get_state(),
-            "seed": int(config.seed), "skipped_nonfinite": 0}
+            "seed": int(config.seed), "skipped_nonfinite": 0, "train_seconds": 0.0}
     if ckpts.steps("latest"):
         state, book, step = ckpts.restore(state)
         state = jax.device_put(state, replicated(job.mesh))
@@ -241,6 +241,7 @@ def train_and_evaluate(config, workdir: str | Path, *, progress: bool = True,
     window_start, window_examples = time.perf_counter(), 0
     with _Preemption() as preempt:
         while not done:
+            epoch_start = time.perf_counter()
             for batch in it:
                 state, metrics = train_step(state, job.put(device_batch(batch)), job.catalog,
                                             job.tables, step_rng)
@@ -254,6 +255,7 @@ def train_and_evaluate(config, workdir: str | Path, *, progress: bool = True,
                 bar.update(1)
                 if preempt.requested or step == preempt_at_step:
                     book["iterator"] = it.get_state()
+                    book["train_seconds"] += time.perf_counter() - epoch_start
                     ckpts.save(step, state, book)
                     print(f"preempted: saved step {step}; rerun the same command to resume",
                           flush=True)
@@ -261,6 +263,7 @@ def train_and_evaluate(config, workdir: str | Path, *, progress: bool = True,
                     return {"history": book["history"], "preempted": True}
                 if step >= total_steps:
                     break
+            book["train_seconds"] += time.perf_counter() - epoch_start
             epoch_done = it.state.position >= steps_per_epoch
             if epoch_done:
                 it.next_epoch()
@@ -269,6 +272,7 @@ def train_and_evaluate(config, workdir: str | Path, *, progress: bool = True,
             value = headline(result, config)
             last_val = value
             book["history"].append({"epoch": len(book["history"]) + 1, "step": step,
+                                    "train_seconds": round(book["train_seconds"], 2),
                                     "value": value, "metrics": result["metrics"]})
             improved = book["best"] is None or value > book["best"]
             book["best"] = value if improved else book["best"]

@@ -1,0 +1,66 @@
+"""Training throughput and time-to-quality on MovieLens-100K: SASRec vs OnePiece K = 0, 1, 2.
+
+Each model trains with per-epoch validation (full catalogue, history excluded); the target quality
+is the SASRec run's best validation NDCG@10, and "seconds to baseline quality" is the training
+wall time (compilation included, validation excluded) until a model's validation NDCG@10 first
+reaches it (null if it never does within the epoch budget). Examples/s is measured over the
+whole training run.
+
+    .venv/bin/python benchmarks/train_speed.py --data data/ml-100k --epochs 6 --out runs/train_speed
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from onepiece_jax.config import load_config
+from onepiece_jax.train.loop import train_and_evaluate
+
+ROOT = Path(__file__).resolve().parents[1]
+MODELS = {
+    "sasrec": ("ml100k_sasrec.py", []),
+    "onepiece_k0": ("ml100k_onepiece.py", ["--config.model.reasoning_steps=0",
+                                           "--config.loss.strategy=last_step"]),
+    "onepiece_k1": ("ml100k_onepiece.py", ["--config.model.reasoning_steps=1",
+                                           "--config.loss.strategy=last_step"]),
+    "onepiece_k2": ("ml100k_onepiece.py", []),
+}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", default="data/ml-100k")
+    parser.add_argument("--out", default="runs/train_speed", type=Path)
+    parser.add_argument("--epochs", default=6, type=int)
+    parser.add_argument("--models", default=",".join(MODELS))
+    args = parser.parse_args()
+    runs = {}
+    for name in args.models.split(","):
+        file, overrides = MODELS[name]
+        config = load_config(ROOT / "configs" / file, [
+            f"--config.dataset.path={args.data}", f"--config.train.epochs={args.epochs}",
+            "--config.train.early_stop_patience=1000", *overrides])
+        out = train_and_evaluate(config, args.out / name, progress=False)
+        examples = out["history"][-1]["step"] * config.train.batch_size
+        runs[name] = {"history": out["history"],
+                      "examples_per_s": examples / out["history"][-1]["train_seconds"]}
+    target = max(h["metrics"]["NDCG@10"] for h in runs["sasrec"]["history"]) \
+        if "sasrec" in runs else float("nan")
+    print(f"target: SASRec best validation NDCG@10 = {target:.4f}")
+    print(f"{'model':<14}{'examples/s':>12}{'best NDCG@10':>14}{'s to target':>13}")
+    seconds = {}
+    for name, run in runs.items():
+        reached = [h["train_seconds"] for h in run["history"] if h["metrics"]["NDCG@10"] >= target]
+        seconds[name] = reached[0] if reached else None
+        best = max(h["metrics"]["NDCG@10"] for h in run["history"])
+        shown = f"{seconds[name]:.0f}" if seconds[name] is not None else "never"
+        print(f"{name:<14}{run['examples_per_s']:>12.0f}{best:>14.4f}{shown:>13}")
+    print(json.dumps({"examples_per_s": {n: round(r["examples_per_s"], 1) for n, r in runs.items()},
+                      "seconds_to_baseline_quality": seconds, "target_ndcg10": target,
+                      "epochs": args.epochs}))
+
+
+if __name__ == "__main__":
+    main()
