@@ -11,6 +11,7 @@ Layout of a build directory::
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -90,8 +91,9 @@ def build(log: EventLog, ctx: ContextConfig, out_dir: str | Path) -> dict:
     np.savez(out / "catalog.npz", **arrays)
     cls = _make_builder_class(builder, _first_example(builder))
     tfds_builder = cls(data_dir=str(out / "tfds"), file_format="array_record")
-    tfds_builder.download_and_prepare(
-        download_config=tfds.download.DownloadConfig(verify_ssl=False))
+    scratch = out / "tfds_scratch"  # TFDS wants a download dir; keep it inside the build
+    tfds_builder.download_and_prepare(download_dir=str(scratch))
+    shutil.rmtree(scratch, ignore_errors=True)
     info = tfds_builder.info
     summary = {
         "dataset": log.dataset,
