@@ -162,3 +162,20 @@ def base_config() -> ml_collections.ConfigDict:
         ks=(10, 50, 200), exclude_history=True, batch_size=512, item_chunk=4096))
     c.mesh = ml_collections.ConfigDict(dict(data=-1))
     return c
+
+
+def use_baseline(config: ml_collections.ConfigDict, name: str) -> ml_collections.ConfigDict:
+    """Turns an experiment config into a baseline of SPEC §8: model options plus its loss.
+
+    ``sasrec`` and ``rearec`` train one next-item task with full-softmax cross-entropy (the
+    RecBole recipe: 2 heads, dropout 0.5); ``rearec`` adds K=2 single-token reasoning steps.
+    """
+    from onepiece_jax.model.config import baseline_overrides
+
+    config.model.update(baseline_overrides("sasrec" if name == "rearec" else name, config.mode))
+    if name in ("sasrec", "rearec"):
+        config.tasks = ("next",)
+        config.model.update(num_heads=2, dropout=0.5,
+                            reasoning_steps=2 if name == "rearec" else 0)
+        config.loss.update(kind="next_item_softmax", strategy="single")
+    return config
