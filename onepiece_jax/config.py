@@ -152,7 +152,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.loss = ml_collections.ConfigDict(dict(
         kind="onepiece", strategy="progressive", eta=0.07, rank_eta=1.0,
         negatives=ml_collections.ConfigDict(dict(uniform=20, popular=10, same_category=5,
-                                                 in_batch=True))))
+                                                 in_batch=True, catalogue=False))))
     c.train = ml_collections.ConfigDict(dict(
         batch_size=256, epochs=20, learning_rate=1e-3, warmup_steps=200, weight_decay=0.0,
         clip_norm=1.0, eval_every_epochs=1, early_stop_metric="NDCG@10",

@@ -27,6 +27,7 @@ class Objective:
     rank_eta: float
     negative_counts: tuple[tuple[str, int], ...]
     in_batch: bool
+    catalogue: bool = False  # every item is a negative (exact U2I softmax; small catalogues)
 
     @classmethod
     def from_config(cls, config) -> Objective:
@@ -39,7 +40,7 @@ class Objective:
             assignment=losses.task_assignment(strategy, k, len(config.tasks)),
             eta=float(loss.eta), rank_eta=float(loss.rank_eta),
             negative_counts=tuple((s, int(neg.get(s, 0))) for s in negatives.SOURCES),
-            in_batch=bool(neg.in_batch))
+            in_batch=bool(neg.in_batch), catalogue=bool(neg.get("catalogue", False)))
 
     @property
     def served_step(self) -> int:
@@ -51,8 +52,9 @@ def retrieval_pool(objective: Objective, batch: dict, tables: negatives.Negative
                    key: jax.Array, item_vectors) -> tuple[jax.Array, jax.Array, jax.Array]:
     """Item vectors of the example's pool plus sampled and in-batch negatives.
 
-    ``item_vectors(ids) -> f32[..., d]`` is the item tower. In-batch negatives are the batch's
-    targets, the same B ids for every row, so their vectors are computed once and broadcast.
+    ``item_vectors(ids) -> f32[..., d]`` is the item tower. In-batch negatives (the batch's
+    targets) and catalogue negatives (every item, ``loss.negatives.catalogue``) are the same ids
+    for every row, so their vectors are computed once and broadcast.
     Returns ``item_vec: f32[B, P, d]``, ``labels: f32[B, P, T]`` (negatives are 0 for every
     task) and ``valid: bool[B, P]`` (padding and negatives that collide with a positive dropped).
     """
@@ -65,12 +67,21 @@ def retrieval_pool(objective: Objective, batch: dict, tables: negatives.Negative
         valids.append(negatives.negative_mask(sampled, pool))
     items = jnp.concatenate(parts, axis=1)
     vectors = [item_vectors(items)]
+    batch_size = pool.shape[0]
+    shared = []  # negatives common to every example: their vectors are computed once
     if objective.in_batch:
         targets = (batch["target"] * batch["example_mask"])[:, None]
         ids, mask = negatives.in_batch_negatives(targets)
         valids.append(mask & negatives.negative_mask(ids, pool))
-        shared = item_vectors(targets[:, 0])
-        vectors.append(jnp.broadcast_to(shared[None], (pool.shape[0], *shared.shape)))
+        shared.append(targets[:, 0])
+    if objective.catalogue:
+        all_items = jnp.arange(1, tables.num_items + 1, dtype=jnp.int32)
+        ids = jnp.broadcast_to(all_items[None], (batch_size, all_items.shape[0]))
+        valids.append(negatives.negative_mask(ids, pool))
+        shared.append(all_items)
+    if shared:
+        common = item_vectors(jnp.concatenate(shared))
+        vectors.append(jnp.broadcast_to(common[None], (batch_size, *common.shape)))
     item_vec = jnp.concatenate(vectors, axis=1)
     valid = jnp.concatenate(valids, axis=1)
     extra = valid.shape[1] - pool.shape[1]

@@ -50,3 +50,32 @@ def test_eval_command_reads_any_checkpoint(planted_build, tmp_path):
     val = evaluate_workdir(tmp_path / "run", split="validation", checkpoint="latest")
     assert val["split"] == "validation" and "validation" in val["protocol"]
     assert set(val["metrics"]) >= {"HR@10", "NDCG@10", "HR@50", "NDCG@200", "MRR"}
+
+
+def test_catalogue_negatives_cover_every_item_except_the_positives(planted_build):
+    """loss.negatives.catalogue appends all N items once per example, masking the pool's own."""
+    import jax.numpy as jnp
+
+    from onepiece_jax.data.loader import BatchIterator, BuiltDataset
+    from onepiece_jax.train.objective import Objective, retrieval_pool
+    from onepiece_jax.train.step import negative_tables
+
+    cfg = tiny_config(str(planted_build))
+    cfg.loss.negatives.update(uniform=0, popular=0, same_category=0, in_batch=False,
+                              catalogue=True)
+    data = BuiltDataset.open(planted_build)
+    batch = next(BatchIterator(data.load_split("train"), 8, shuffle=False, seed=0))
+    batch = {k: jnp.asarray(v) for k, v in batch.items() if k != "time"}
+    n = data.spec["num_items"]
+    vec, labels, valid = retrieval_pool(
+        Objective.from_config(cfg), batch, negative_tables(data.item_count, data.catalog),
+        jax.random.key(0), lambda ids: jnp.stack([ids, ids], -1).astype(jnp.float32))
+    pool = np.asarray(batch["pool_item"])
+    assert vec.shape == (8, pool.shape[1] + n, 2)
+    np.testing.assert_array_equal(np.asarray(vec[:, pool.shape[1]:, 0]),
+                                  np.tile(np.arange(1, n + 1), (8, 1)))
+    negatives_valid = np.asarray(valid[:, pool.shape[1]:])
+    for row in range(8):
+        own = set(pool[row][pool[row] > 0])
+        assert {i + 1 for i in np.flatnonzero(~negatives_valid[row])} == own
+    assert float(labels[:, pool.shape[1]:].sum()) == 0.0
