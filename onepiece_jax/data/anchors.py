@@ -60,6 +60,9 @@ class AnchorIndex:
 
     def _compute(self, key: int, end: int) -> np.ndarray:
         cfg = self._config
+        # a key of the keys' own dtype: a Python int against int32 keys makes numpy cast the
+        # whole key column per search (O(events) instead of O(log events))
+        key = self._keys.dtype.type(key)
         lo = np.searchsorted(self._keys, key, side="left")
         hi = np.searchsorted(self._keys, key, side="right")
         times = self._times[lo:hi]

@@ -52,27 +52,43 @@ class BuiltDataset:
         path = self.root / "tfds" / TFDS_NAME / "1.0.0"
         return tfds.builder_from_directory(str(path)).as_data_source(split=split)
 
-    def load_split(self, split: str, exclude_max: int | None = None) -> dict[str, np.ndarray]:
-        """The whole split as stacked arrays (variable-length ``exclude`` right-padded with 0)."""
+    def load_split(self, split: str, exclude_max: int | None = None,
+                   chunk: int = 8192) -> dict[str, np.ndarray]:
+        """The whole split as stacked arrays (variable-length ``exclude`` right-padded with 0).
+
+        Records are decoded ``chunk`` at a time straight into preallocated arrays, so the peak
+        memory is the split's arrays plus one chunk of decoded records (not one Python dict of
+        arrays per example for the whole split).
+        """
         src = self.source(split)
         n = len(src)
         if n == 0:
             raise ValueError(f"{self.root}: split {split!r} has no examples")
-        rows = src.__getitems__(list(range(n)))
-        out = {}
-        for key in rows[0]:
-            values = [np.asarray(r[key]) for r in rows]
-            if key == "exclude":
-                width = max(1, max(v.shape[0] for v in values))
-                if exclude_max is not None:
-                    width = min(width, exclude_max)
-                arr = np.zeros((n, width), np.int32)
-                for i, v in enumerate(values):
-                    arr[i, :min(v.shape[0], width)] = v[:width]
-                out[key] = arr
-            else:
-                out[key] = np.stack(values)
-        return out
+        out: dict[str, np.ndarray] = {}
+        varlen: dict[str, list[np.ndarray]] = {}
+        keys: list[str] = []
+        for lo in range(0, n, chunk):
+            rows = src.__getitems__(list(range(lo, min(n, lo + chunk))))
+            keys = keys or list(rows[0])
+            for key in keys:
+                values = [np.asarray(r[key]) for r in rows]
+                if key == "exclude":
+                    varlen.setdefault(key, []).extend(values)
+                    continue
+                block = np.stack(values)
+                if key not in out:
+                    out[key] = np.empty((n, *block.shape[1:]), block.dtype)
+                out[key][lo:lo + block.shape[0]] = block
+            del rows
+        for key, values in varlen.items():
+            width = max(1, max(v.shape[0] for v in values))
+            if exclude_max is not None:
+                width = min(width, exclude_max)
+            arr = np.zeros((n, width), np.int32)
+            for i, v in enumerate(values):
+                arr[i, :min(v.shape[0], width)] = v[:width]
+            out[key] = arr
+        return {key: out[key] for key in keys}
 
 
 def group_candidates(arrays: dict[str, np.ndarray], group_size: int,
