@@ -127,6 +127,7 @@ class ContextBuilder:
         self.behavior = log.behavior[order].astype(np.int32)
         self.query = log.query[order]
         self.user_start = np.searchsorted(self.user, np.arange(log.num_users + 2))
+        self.skipped = self._skipped_users()
         self.train_mask = self._train_event_mask()
         self.anchors = self._anchor_index()
         self.spec = feature_spec(log, cfg)
@@ -134,6 +135,18 @@ class ContextBuilder:
     # ----------------------------------------------------------------- shared pieces
     def _user_slice(self, user: int) -> slice:
         return slice(self.user_start[user], self.user_start[user + 1])
+
+    def _skipped_users(self) -> dict[str, int]:
+        """Users that give no retrieval example (counted, never dropped silently): users of the
+        vocabulary without events, and users with 1 or 2 events (leave-one-out needs 3: a
+        training history, a validation and a test target). Ranking examples come from requests,
+        so nothing is skipped there."""
+        if self.cfg.mode == "ranking":
+            return {}
+        counts = np.diff(self.user_start)[1:self.log.num_users + 1]
+        out = {"users_without_events": int((counts == 0).sum()),
+               "users_with_fewer_than_3_events": int(((counts > 0) & (counts < 3)).sum())}
+        return {k: v for k, v in out.items() if v}
 
     def _train_event_mask(self) -> np.ndarray:
         """Events usable as training signal: all but each user's last two (the LOO targets)."""

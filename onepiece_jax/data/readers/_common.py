@@ -135,14 +135,25 @@ def _parses(conv):
     return ok
 
 
+_INT64 = np.iinfo(np.int64)
+
+
+def _parses_int64(tok) -> bool:
+    try:
+        return _INT64.min <= int(tok) <= _INT64.max
+    except ValueError:
+        return False
+
+
 def to_int(tokens: np.ndarray, nums: np.ndarray, path: Path, field: str) -> np.ndarray:
-    """int64 column from ``S`` tokens; a non-integer names its line and field."""
+    """int64 column from ``S`` tokens; a non-integer or one outside int64 names its line and
+    field."""
     try:
         return tokens.astype(np.int64)
-    except ValueError:
-        i = _first_bad(tokens, _parses(int))
-        raise DataError(f"not an integer: {tokens[i]!r}", path=str(path), line=int(nums[i]),
-                        field=field) from None
+    except (ValueError, OverflowError):
+        i = _first_bad(tokens, _parses_int64)
+        raise DataError(f"not an integer in the int64 range: {tokens[i]!r}", path=str(path),
+                        line=int(nums[i]), field=field) from None
 
 
 def to_float(tokens: np.ndarray, nums: np.ndarray, path: Path, field: str) -> np.ndarray:

@@ -10,13 +10,17 @@ most ``max_attributes`` (default 8); longer lists keep their first values and ar
 ``skipped["attributes_truncated"]``. Items of the log without an attribute entry get none
 (``skipped["items_without_attributes"]``). An attribute entry for an item the log never
 mentions is counted in ``skipped["attribute_items_not_in_log"]`` and ignored: the file is
-shared by several cuts of the data, so extra entries are expected, not corruption.
+shared by several cuts of the data, so extra entries are expected, not corruption. An item id
+listed twice (``"1"`` and ``"1"``, or ``"1"`` and ``"01"``) keeps its first list; the others
+are counted in ``skipped["duplicate_attribute_items"]`` (plain ``json.loads`` would keep the last
+one silently). A file that is not UTF-8 fails naming the line of the first bad byte.
 """
 
 from __future__ import annotations
 
 import itertools
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -56,7 +60,7 @@ def read_amazon(path: str | Path, *, max_attributes: int = MAX_ATTRIBUTES) -> Ev
     _check_unique_users(np.concatenate(line_users), np.concatenate(line_nums), txt)
     user_raw, item_raw = np.concatenate(users), np.concatenate(items)
     user_vocab, item_vocab = c.sorted_vocab(user_raw), c.sorted_vocab(item_raw)
-    attr_ids, attr_len, attr_flat = _read_attributes(attr_path)
+    attr_ids, attr_len, attr_flat = _read_attributes(attr_path, skipped)
     in_log = np.isin(attr_ids, item_vocab)
     c.bump(skipped, "attribute_items_not_in_log", int((~in_log).sum()))
     c.bump(skipped, "items_without_attributes", np.setdiff1d(item_vocab, attr_ids).size)
@@ -82,30 +86,51 @@ def _check_unique_users(users: np.ndarray, nums: np.ndarray, path: Path) -> None
                         line=int(nums[dup]), field="user_id")
 
 
-def _read_attributes(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+class _Pairs(list):
+    """A JSON object as its (key, value) pairs in file order, so repeated keys are seen."""
+
+
+_ITEM_ID = re.compile(r"-?[0-9]+")
+_INT64 = (-(2 ** 63), 2 ** 63 - 1)
+
+
+def _read_attributes(path: Path,
+                     skipped: dict[str, int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Item ids, attribute-list lengths and the concatenated attribute ids of the json file."""
-    text = path.read_text(encoding="utf-8")
+    raw = path.read_bytes()
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise DataError(f"not UTF-8: byte {raw[e.start]:#04x} at offset {e.start}",
+                        path=str(path), line=raw.count(b"\n", 0, e.start) + 1) from None
     if not text.strip():
         raise DataError("empty file", path=str(path), line=1)
     try:
-        data = json.loads(text)
+        data = json.loads(text, object_pairs_hook=_Pairs)
     except json.JSONDecodeError as e:
         raise DataError(f"invalid JSON: {e.msg}", path=str(path), line=e.lineno) from None
-    if not isinstance(data, dict):
+    if not isinstance(data, _Pairs):
         raise DataError("expected an object {item_id: [attribute ids]}", path=str(path), line=1)
     ids, lens, flat = [], [], []
+    seen: set[int] = set()
     def where(key: str) -> dict:
         """The file and the line of the key (json.loads keeps no positions; errors only)."""
         return {"path": str(path), "line": text.count("\n", 0, max(text.find(f'"{key}"'), 0)) + 1}
 
-    for key, values in data.items():
-        if not key.strip().lstrip("-").isdigit():
+    for key, values in data:
+        if not _ITEM_ID.fullmatch(key.strip()):  # str.isdigit() also accepts "²"
             raise DataError(f"item id {key!r} is not an integer", field="item_id", **where(key))
-        if not isinstance(values, list) or not all(
-                isinstance(v, int) and not isinstance(v, bool) for v in values):
-            raise DataError(f"attributes of item {key} must be a list of integers, got "
+        if not isinstance(values, list) or isinstance(values, _Pairs) or not all(
+                isinstance(v, int) and not isinstance(v, bool) and _INT64[0] <= v <= _INT64[1]
+                for v in values):
+            raise DataError(f"attributes of item {key} must be a list of int64 integers, got "
                             f"{values!r}", field="attributes", **where(key))
-        ids.append(int(key))
+        item = int(key)
+        if item in seen:
+            c.bump(skipped, "duplicate_attribute_items", 1)
+            continue
+        seen.add(item)
+        ids.append(item)
         lens.append(len(values))
         flat.extend(values)
     return (np.array(ids, np.int64), np.array(lens, np.int64), np.array(flat, np.int64))

@@ -84,6 +84,11 @@ def _ratings(path: Path, skipped: dict[str, int], *, sep: bytes, cols: tuple[int
         parts[1].append(c.to_int(table[:, cols[1]], nums, path, "item_id"))
         parts[2].append(c.to_float(table[:, cols[2]], nums, path, "rating"))
         ts = c.to_float(table[:, cols[3]], nums, path, "timestamp")
+        out = np.flatnonzero(np.abs(ts) >= 2.0 ** 63)  # would wrap silently in astype
+        if out.size:
+            i = int(out[0])
+            raise DataError(f"timestamp {table[i, cols[3]]!r} outside the int64 range",
+                            path=str(path), line=int(nums[i]), field="timestamp")
         parts[3].append(np.rint(ts).astype(np.int64))
     return _Ratings(*(np.concatenate(p) for p in parts))
 
