@@ -99,7 +99,7 @@ def build(log: EventLog, ctx: ContextConfig, out_dir: str | Path) -> dict:
         "dataset": log.dataset,
         "mode": ctx.mode,
         "examples": {s: int(info.splits[s].num_examples) for s in SPLITS},
-        "skipped": dict(log.skipped),
+        "skipped": {**log.skipped, **builder.skipped},
         "build_seconds": round(time.perf_counter() - start, 2),
     }
     (out / "build_summary.json").write_text(json.dumps(summary, indent=1))

@@ -69,3 +69,15 @@ def test_candidate_groups_cover_every_real_candidate_once():
         np.testing.assert_array_equal(np.sort(got[got > 0]), np.sort(cis[u - 1][cis[u - 1] > 0]))
     np.testing.assert_array_equal(groups["cis_label"][..., 0], groups["cis_item"] % 2)
     assert groups["user"].tolist().count(1) == 2  # 5 candidates → 2 groups of 4
+
+
+def test_build_summary_counts_users_too_short_for_leave_one_out(tmp_path):
+    log = make_log(users=40, events=400)
+    short = 40  # give the last user exactly two events: kept out of LOO, and counted
+    keep = (log.user != short)
+    idx = np.flatnonzero(log.user == short)[:2]
+    keep[idx] = True
+    for name in ("user", "item", "time", "behavior", "query"):
+        setattr(log, name, getattr(log, name)[keep])
+    summary = build(log, ContextConfig(ih_max_len=4, pool_window=2), tmp_path / "b")
+    assert summary["skipped"]["users_with_fewer_than_3_events"] >= 1
