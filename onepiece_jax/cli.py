@@ -103,7 +103,8 @@ def _train(args: argparse.Namespace) -> int:
 def _eval(args: argparse.Namespace) -> int:
     from onepiece_jax.train.loop import evaluate_workdir
 
-    evaluate_workdir(args.workdir, split=args.split, checkpoint=args.checkpoint)
+    evaluate_workdir(args.workdir, split=args.split, checkpoint=args.checkpoint,
+                     exclude_history=False if args.include_history else None)
     return 0
 
 
@@ -129,6 +130,9 @@ def _add_train_parser(subparsers: argparse._SubParsersAction) -> None:
     ev.add_argument("--workdir", required=True)
     ev.add_argument("--split", default="test", choices=["test", "validation"])
     ev.add_argument("--checkpoint", default="best", help="best | latest | STEP")
+    ev.add_argument("--include-history", action="store_true",
+                    help="rank the user's history items too (RecBole's protocol); default "
+                         "excludes them (HSTU's)")
     ev.set_defaults(handler=_eval)
 
     qs = subparsers.add_parser("quickstart", help="fetch MovieLens-100K, train OnePiece and "

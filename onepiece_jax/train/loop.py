@@ -11,8 +11,11 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
+import shutil
 import signal
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -39,7 +42,13 @@ from onepiece_jax.train.step import init_state, make_optimizer, make_train_step,
 
 
 class NonFiniteError(RuntimeError):
-    """Training hit a non-finite loss or gradient under the ``stop`` policy."""
+    """Training hit a non-finite loss or gradient: under the ``stop`` policy at once, under
+    ``skip`` after ``config.train.max_nonfinite_in_a_row`` consecutive skipped updates."""
+
+
+class WorkdirError(ValueError):
+    """The workdir cannot hold the run (not writable, or too little free space); raised at start.
+    A ``ValueError``, so the CLI reports it on one ``error:`` line (exit status 2)."""
 
 
 # --------------------------------------------------------------------------- data
@@ -106,14 +115,44 @@ def make_job(config, workdir: str | Path) -> Job:
 
 
 def _check_writable(workdir: Path) -> None:
-    """Fail at start, not after an hour of training, if the workdir cannot be written."""
-    try:
-        workdir.mkdir(parents=True, exist_ok=True)
-        probe = workdir / ".write_probe"
-        probe.write_bytes(b"\0" * 1024)
-        probe.unlink()
-    except OSError as e:
-        raise OSError(f"workdir {workdir} is not writable: {e}") from e
+    """Fail at start, not after an hour of training, if the workdir (or its existing checkpoint
+    directories) cannot be written: a file is created, written, synced and removed in each."""
+    for directory in (workdir, workdir / "checkpoints", workdir / "best"):
+        if directory != workdir and not directory.is_dir():
+            continue
+        try:
+            directory.mkdir(parents=True, exist_ok=True)
+            probe = directory / ".write_probe"
+            with probe.open("wb") as f:
+                f.write(b"\0" * 65536)
+                f.flush()
+                os.fsync(f.fileno())
+            probe.unlink()
+        except OSError as e:
+            raise WorkdirError(f"workdir {workdir} is not writable ({type(e).__name__}: "
+                               f"{e.strerror or e} at {directory}); use another --workdir") from e
+
+
+def _check_space(workdir: Path, state, keep: int) -> None:
+    """Fail at start if the disk cannot hold ``keep`` latest checkpoints, the best one and one
+    being written (each about the size of the train state)."""
+    size = sum(int(x.size) * x.dtype.itemsize for x in jax.tree.leaves(state))
+    need = (int(keep) + 2) * size
+    free = shutil.disk_usage(workdir).free
+    if free < need:
+        raise WorkdirError(f"workdir {workdir} has {free / 2**20:.1f} MiB free; checkpoints need "
+                           f"about {need / 2**20:.1f} MiB ({keep} latest + best + one being "
+                           f"written, {size / 2**20:.1f} MiB each); free space or use another "
+                           "--workdir")
+
+
+def _check_nonfinite_config(tcfg) -> None:
+    if tcfg.nonfinite_policy not in ("stop", "skip"):
+        raise ConfigError(f"config.train.nonfinite_policy={tcfg.nonfinite_policy!r}: expected "
+                          "'stop' or 'skip'")
+    if int(tcfg.get("max_nonfinite_in_a_row", 10)) < 1:
+        raise ConfigError("config.train.max_nonfinite_in_a_row="
+                          f"{tcfg.max_nonfinite_in_a_row}: must be >= 1")
 
 
 # --------------------------------------------------------------------------- evaluation
@@ -148,23 +187,41 @@ def headline(result: dict, config) -> float:
 
 # --------------------------------------------------------------------------- training
 class _Preemption:
-    """Turns SIGTERM/SIGINT into a flag the loop checks between steps."""
+    """Turns SIGTERM/SIGINT into a flag the loop checks between steps.
+
+    Re-entrant: ``train_and_evaluate`` holds it for the whole job (a signal during setup or the
+    final evaluation is not fatal either) and the training loop enters it again; the handlers
+    are installed by the outermost ``with`` (in the main thread only) and restored by it.
+    """
 
     def __init__(self):
         self.requested = False
+        self.signal_name = ""
         self._previous = {}
+        self._depth = 0
 
     def __enter__(self):
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            self._previous[sig] = signal.signal(sig, self._handle)
+        if self._depth == 0:
+            self.requested = False
+            if threading.current_thread() is threading.main_thread():
+                for sig in (signal.SIGTERM, signal.SIGINT):
+                    self._previous[sig] = signal.signal(sig, self._handle)
+        self._depth += 1
         return self
 
     def _handle(self, signum, frame):
         self.requested = True
+        self.signal_name = signal.Signals(signum).name
 
     def __exit__(self, *exc):
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
+        self._depth -= 1
+        if self._depth == 0:
+            for sig, handler in self._previous.items():
+                signal.signal(sig, handler)
+            self._previous = {}
+
+
+_PREEMPTION = _Preemption()
 
 
 def _save_config(config, workdir: Path) -> None:
@@ -197,9 +254,29 @@ def train_and_evaluate(config, workdir: str | Path, *, progress: bool = True,
 
     ``preempt_at_step`` behaves exactly like a SIGTERM arriving after that step (checkpoint, then
     return ``{"preempted": True}``); it lets tests and drills exercise resume deterministically.
+    SIGTERM/SIGINT are caught for the whole call: during training the current step is saved
+    (iterator position included) and ``{"preempted": True}`` returned, at most one step or one
+    validation pass later; during setup nothing new is saved; during the final test evaluation
+    the evaluation finishes.
+
+    Faults: a non-finite loss or gradient is handled by ``config.train.nonfinite_policy`` (see
+    ``_check_finite``); a workdir that cannot be written or lacks space for the checkpoints is a
+    ``WorkdirError`` before anything is compiled or trained; a corrupt latest checkpoint is
+    reported and the previous one restored (``Checkpoints.restore``).
+    Debug hook: ``config.train.debug_nan_at_step=S`` (1-based; 0 = off) multiplies the loss of
+    steps ``S .. S + debug_nan_steps - 1`` by NaN inside the jitted step (``_debug_loss_scale``),
+    so fault handling can be exercised end to end.
     """
+    with _PREEMPTION:
+        return _train_and_evaluate(config, workdir, progress=progress,
+                                   preempt_at_step=preempt_at_step)
+
+
+def _train_and_evaluate(config, workdir: str | Path, *, progress: bool,
+                        preempt_at_step: int | None) -> dict:
     workdir = Path(workdir)
     _check_writable(workdir)
+    _check_nonfinite_config(config.train)
     _save_config(config, workdir)
     job = make_job(config, workdir)
     tcfg = config.train
@@ -220,6 +297,7 @@ def train_and_evaluate(config, workdir: str | Path, *, progress: bool = True,
     state = init_state(job.model, optimizer, job.example_batch(train_arrays), job.catalog,
                        init_rng)
     state = jax.device_put(state, replicated(job.mesh))
+    _check_space(workdir, state, int(tcfg.keep_checkpoints))
     ckpts = Checkpoints(workdir, int(tcfg.keep_checkpoints))
     book = {"history": [], "best": None, "bad_epochs": 0, "iterator": it.get_state(),
             "seed": int(config.seed), "skipped_nonfinite": 0, "train_seconds": 0.0}
@@ -239,10 +317,13 @@ def train_and_evaluate(config, workdir: str | Path, *, progress: bool = True,
                     dynamic_ncols=True, file=sys.stdout)
     last_val = book["history"][-1]["value"] if book["history"] else float("nan")
     window_start, window_examples = time.perf_counter(), 0
-    with _Preemption() as preempt:
+    with _PREEMPTION as preempt:
+        if preempt.requested and not done:  # arrived during setup: nothing new to save
+            return _preempted(step, bar, writer, ckpts, book, saved=False)
         while not done:
             epoch_start = time.perf_counter()
             for batch in it:
+                batch = _debug_loss_scale(batch, step + 1, tcfg)
                 state, metrics = train_step(state, job.put(device_batch(batch)), job.catalog,
                                             job.tables, step_rng)
                 step += 1
@@ -253,14 +334,14 @@ def train_and_evaluate(config, workdir: str | Path, *, progress: bool = True,
                     _log(writer, bar, metrics, step, rate, last_val, config)
                     window_start, window_examples = time.perf_counter(), 0
                 bar.update(1)
-                if preempt.requested or step == preempt_at_step:
+                preempting = preempt.requested or step == preempt_at_step
+                if preempting and step < total_steps and it.state.position < steps_per_epoch:
                     book["iterator"] = it.get_state()
                     book["train_seconds"] += time.perf_counter() - epoch_start
                     ckpts.save(step, state, book)
-                    print(f"preempted: saved step {step}; rerun the same command to resume",
-                          flush=True)
-                    bar.close()
-                    return {"history": book["history"], "preempted": True}
+                    return _preempted(step, bar, writer, ckpts, book)
+                if preempting:  # the epoch's last step: saved after its validation, below
+                    break
                 if step >= total_steps:
                     break
             book["train_seconds"] += time.perf_counter() - epoch_start
@@ -279,6 +360,8 @@ def train_and_evaluate(config, workdir: str | Path, *, progress: bool = True,
             book["bad_epochs"] = 0 if improved else book["bad_epochs"] + 1
             ckpts.save(step, state, book, best_value=value if improved else None)
             _log_validation(writer, result, step, len(book["history"]), config)
+            if preempt.requested or step == preempt_at_step:  # this step is saved already
+                return _preempted(step, bar, writer, ckpts, book)
             done = (step >= total_steps
                     or book["bad_epochs"] >= int(tcfg.early_stop_patience))
     bar.close()
@@ -290,17 +373,53 @@ def train_and_evaluate(config, workdir: str | Path, *, progress: bool = True,
     return {"history": book["history"], "results": results}
 
 
+def _preempted(step: int, bar, writer, ckpts: Checkpoints, book: dict, saved: bool = True) -> dict:
+    what = f"saved step {step}" if saved else f"nothing new to save (at step {step})"
+    print(f"preempted ({_PREEMPTION.signal_name or 'preempt_at_step'}): {what}; rerun the same "
+          "command to resume", flush=True)
+    bar.close()
+    if writer is not None:
+        writer.close()
+    ckpts.close()
+    return {"history": book["history"], "preempted": True}
+
+
+def _debug_loss_scale(batch: dict, step: int, tcfg) -> dict:
+    """Debug hook (``config.train.debug_nan_at_step``; 0 = off): adds ``debug_loss_scale``,
+    NaN for steps ``debug_nan_at_step .. + debug_nan_steps - 1`` and 1 otherwise, which the
+    jitted step multiplies into the loss — a real non-finite loss and gradient, detected where a
+    genuine one would be. One compiled program serves every injected step."""
+    first = int(tcfg.get("debug_nan_at_step", 0))
+    if first <= 0:
+        return batch
+    bad = first <= step < first + int(tcfg.get("debug_nan_steps", 1))
+    scale = np.full(batch["example_mask"].shape, np.nan if bad else 1.0, np.float32)
+    return {**batch, "debug_loss_scale": scale}
+
+
 def _check_finite(metrics, step: int, tcfg, book: dict, state) -> None:
+    """Applies ``config.train.nonfinite_policy`` after the step has already kept the old params
+    and optimizer state on a non-finite loss or gradient: ``stop`` raises ``NonFiniteError``
+    (nothing new is saved, the last good checkpoint stays the latest); ``skip`` counts the step
+    (``skipped_nonfinite`` in the checkpoint's book) and goes on, raising once
+    ``max_nonfinite_in_a_row`` consecutive steps were non-finite."""
     if float(metrics["finite"]) > 0:
         return
-    bad = sorted(k for k, v in metrics.items() if not np.isfinite(float(v)))
+    bad = sorted(k for k, v in metrics.items() if k != "finite" and not np.isfinite(float(v)))
+    what = ", ".join(bad) or "gradients"
+    policy = f"config.train.nonfinite_policy={tcfg.nonfinite_policy!r}"
     if tcfg.nonfinite_policy == "skip":
         book["skipped_nonfinite"] += 1
-        if int(state.nonfinite) <= int(tcfg.get("max_nonfinite_in_a_row", 10)):
+        in_a_row, limit = int(state.nonfinite), int(tcfg.get("max_nonfinite_in_a_row", 10))
+        if in_a_row < limit:
+            tqdm.tqdm.write(f"warning: step {step}: non-finite {what}; update skipped ({in_a_row} "
+                            f"in a row, {book['skipped_nonfinite']} in total)", file=sys.stdout)
             return
-    raise NonFiniteError(f"step {step}: non-finite {', '.join(bad) or 'gradients'}; the last good "
-                         "checkpoint is kept (policy config.train.nonfinite_policy="
-                         f"{tcfg.nonfinite_policy!r})")
+        raise NonFiniteError(f"step {step}: non-finite {what}; {in_a_row} non-finite steps in a "
+                             f"row reached config.train.max_nonfinite_in_a_row={limit} ({policy}); "
+                             "nothing new is saved, the last good checkpoint is kept")
+    raise NonFiniteError(f"step {step}: non-finite {what} ({policy}); nothing new is saved, the "
+                         "last good checkpoint is kept")
 
 
 def _log(writer, bar, metrics, step: int, rate: float, last_val: float, config) -> None:
@@ -330,11 +449,19 @@ def _log_validation(writer, result: dict, step: int, epoch: int, config) -> None
 
 
 def evaluate_workdir(workdir: str | Path, *, split: str = "test", checkpoint: str = "best",
-                     job: Job | None = None, write: bool = True) -> dict:
-    """Evaluates a checkpoint of a workdir on a split; writes ``results.json`` (with protocol)."""
+                     job: Job | None = None, write: bool = True,
+                     exclude_history: bool | None = None) -> dict:
+    """Evaluates a checkpoint of a workdir on a split; writes ``results.json`` (with protocol).
+
+    ``exclude_history`` overrides the run's ``eval.exclude_history`` (False = RecBole's protocol
+    for sequential models, True = HSTU's); each protocol's result is also kept as
+    ``results/<split>-<history excluded|included>.json`` so both can be reported side by side.
+    """
     workdir = Path(workdir)
     if job is None:
         job = make_job(load_workdir_config(workdir), workdir)
+    if exclude_history is not None:
+        job.config.eval.exclude_history = bool(exclude_history)
     arrays = job.data.load_split(split)
     template = init_state(job.model, make_optimizer(job.config.train, 1),
                           job.example_batch(arrays), job.catalog, jax.random.key(0))
@@ -343,6 +470,10 @@ def evaluate_workdir(workdir: str | Path, *, split: str = "test", checkpoint: st
     result = evaluate_split(job, state.params, arrays, split)
     result["checkpoint"] = {"which": checkpoint, "step": step}
     if write:
-        (workdir / "results.json").write_text(json.dumps(result, indent=1))
+        text = json.dumps(result, indent=1)
+        (workdir / "results.json").write_text(text)
+        kept = "excluded" if job.config.eval.exclude_history else "included"
+        (workdir / "results").mkdir(exist_ok=True)
+        (workdir / "results" / f"{split}-history-{kept}.json").write_text(text)
     print(json.dumps(result), flush=True)
     return result

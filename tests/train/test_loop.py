@@ -50,6 +50,13 @@ def test_eval_command_reads_any_checkpoint(planted_build, tmp_path):
     val = evaluate_workdir(tmp_path / "run", split="validation", checkpoint="latest")
     assert val["split"] == "validation" and "validation" in val["protocol"]
     assert set(val["metrics"]) >= {"HR@10", "NDCG@10", "HR@50", "NDCG@200", "MRR"}
+    both = evaluate_workdir(tmp_path / "run", split="validation", checkpoint="latest",
+                            exclude_history=False)
+    assert "history included" in both["protocol"]
+    # ranking the history too can only push the target down (or leave it)
+    assert both["metrics"]["MRR"] <= val["metrics"]["MRR"] + 1e-9
+    assert (tmp_path / "run" / "results" / "validation-history-included.json").is_file()
+    assert (tmp_path / "run" / "results" / "validation-history-excluded.json").is_file()
 
 
 def test_catalogue_negatives_cover_every_item_except_the_positives(planted_build):
