@@ -157,7 +157,11 @@ def base_config() -> ml_collections.ConfigDict:
         batch_size=256, epochs=20, learning_rate=1e-3, warmup_steps=200, weight_decay=0.0,
         clip_norm=1.0, eval_every_epochs=1, early_stop_metric="NDCG@10",
         early_stop_patience=5, keep_checkpoints=2, log_every_steps=50, max_steps=0,
-        nonfinite_policy="stop"))
+        # non-finite loss/gradients: "stop" (exit 3, keep the last good checkpoint) or "skip"
+        # (skip the update; stop after max_nonfinite_in_a_row consecutive ones)
+        nonfinite_policy="stop", max_nonfinite_in_a_row=10,
+        # debug hook: NaN loss on steps debug_nan_at_step .. +debug_nan_steps-1 (1-based; 0 = off)
+        debug_nan_at_step=0, debug_nan_steps=1))
     c.eval = ml_collections.ConfigDict(dict(
         ks=(10, 50, 200), exclude_history=True, batch_size=512, item_chunk=4096))
     c.mesh = ml_collections.ConfigDict(dict(data=-1))

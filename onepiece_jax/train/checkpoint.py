@@ -7,10 +7,24 @@ validation history. Restoring both reproduces an uninterrupted run exactly.
 Two managers in one workdir — ``checkpoints/`` (latest N, saved synchronously so a preempted job
 never leaves a half-written latest) and ``best/`` (one, chosen by the validation metric) — keep
 "latest" and "best" independent: a good early epoch is never rotated out by later worse ones.
+
+Integrity: after each save, ``integrity.json`` in the step directory records the size and SHA-256
+of every file of that step. A restore first checks the step against it. ``restore("latest")``
+(resuming) walks back from the newest step: a truncated, garbled or missing file — or, for a step
+without ``integrity.json``, any Orbax read failure — is reported on one ``warning:`` line, the
+step directory is moved to ``WORKDIR/corrupt/`` (so the step can be trained and saved again) and
+the next older step is tried. An explicitly requested checkpoint (``best`` or a step number)
+that is corrupt is a ``CheckpointError``; so is a workdir with no readable latest checkpoint.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
+import shutil
+import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +32,63 @@ import jax
 import orbax.checkpoint as ocp
 
 LATEST, BEST = "checkpoints", "best"
+MANIFEST = "integrity.json"
+CORRUPT = "corrupt"
+
+
+class CheckpointError(ValueError):
+    """No readable checkpoint where one was asked for; the message says which and why."""
+
+
+class _Corrupt(Exception):
+    def __init__(self, reason: str):
+        super().__init__(reason)
+        self.reason = reason
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def write_manifest(step_dir: Path) -> None:
+    """Records size and SHA-256 of every file under a finished step directory (atomically)."""
+    files = {p.relative_to(step_dir).as_posix(): [p.stat().st_size, _sha256(p)]
+             for p in sorted(step_dir.rglob("*")) if p.is_file() and p.name != MANIFEST}
+    tmp = step_dir / f".{MANIFEST}.tmp"
+    with tmp.open("w") as f:
+        json.dump({"version": 1, "files": files}, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, step_dir / MANIFEST)
+
+
+def verify_step(step_dir: Path) -> str | None:
+    """What is wrong with a step directory according to its manifest, or None if nothing is
+    (also None when there is no manifest: such a step is only checked by reading it)."""
+    if not step_dir.is_dir():
+        return "its directory is missing"
+    manifest = step_dir / MANIFEST
+    if not manifest.is_file():
+        return None
+    try:
+        files = json.loads(manifest.read_text())["files"]
+        entries = [(rel, int(size), str(digest)) for rel, (size, digest) in files.items()]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        return f"{MANIFEST} is unreadable ({type(e).__name__})"
+    for rel, size, digest in entries:
+        path = step_dir / rel
+        if not path.is_file():
+            return f"{rel} is missing"
+        actual = path.stat().st_size
+        if actual != size:
+            return f"{rel} has {actual} bytes, expected {size} (truncated?)"
+        if _sha256(path) != digest:
+            return f"{rel} does not match its SHA-256 (garbled)"
+    return None
 
 
 def _manager(directory: Path, max_to_keep: int, best: bool) -> ocp.CheckpointManager:
@@ -36,23 +107,53 @@ class Checkpoints:
 
     def __init__(self, workdir: str | Path, keep: int):
         self.workdir = Path(workdir).absolute()
-        self.latest = _manager(self.workdir / LATEST, keep, best=False)
-        self.best = _manager(self.workdir / BEST, 1, best=True)
+        self.latest = self._open(LATEST, keep, best=False)
+        self.best = self._open(BEST, 1, best=True)
 
+    def _open(self, name: str, keep: int, best: bool) -> ocp.CheckpointManager:
+        """A manager; if Orbax cannot even list the steps (it reads each step's metadata and
+        metrics), the steps that fail their manifest are set aside and it tries once more."""
+        directory = self.workdir / name
+        try:
+            return _manager(directory, keep, best)
+        except Exception:
+            bad = [(d, p) for d in sorted(directory.iterdir()) if d.name.isdigit()
+                   if (p := verify_step(d))] if directory.is_dir() else []
+            if not bad:
+                raise
+        for step_dir, problem in bad:
+            moved = self._quarantine(name, int(step_dir.name))
+            _warn(f"checkpoint step {step_dir.name} in {directory} is corrupt ({problem}); "
+                  f"moved it to {moved}")
+        return _manager(directory, keep, best)
+
+    # ------------------------------------------------------------------ save
     def save(self, step: int, state: Any, extra: dict, *, best_value: float | None = None) -> None:
         args = ocp.args.Composite(state=ocp.args.StandardSave(state),
                                   extra=ocp.args.JsonSave(extra))
-        self.latest.save(step, args=args, force=True)
+        self._save(self.latest, step, args)
         if best_value is not None:
-            self.best.save(step, args=args, metrics={"value": float(best_value)}, force=True)
-        self.latest.wait_until_finished()
-        self.best.wait_until_finished()
+            self._save(self.best, step, args, metrics={"value": float(best_value)})
 
+    def _save(self, mgr: ocp.CheckpointManager, step: int, args, metrics=None) -> None:
+        if step in mgr.all_steps():
+            # The same step trained again (a resume that fell back past a corrupt checkpoint
+            # replays it): the new save replaces the old one.
+            mgr.delete(step)
+        mgr.save(step, args=args, metrics=metrics, force=True)
+        mgr.wait_until_finished()
+        write_manifest(self._step_dir(mgr, step))
+
+    # ------------------------------------------------------------------ query
     def steps(self, which: str = "latest") -> list[int]:
         return sorted(self._mgr(which).all_steps())
 
     def _mgr(self, which: str) -> ocp.CheckpointManager:
         return self.best if which == "best" else self.latest
+
+    @staticmethod
+    def _step_dir(mgr: ocp.CheckpointManager, step: int) -> Path:
+        return Path(str(mgr.directory)) / str(step)
 
     def resolve(self, which: str) -> tuple[str, int]:
         """``best`` | ``latest`` | a step number → (manager name, step); clear error if absent."""
@@ -68,13 +169,72 @@ class Checkpoints:
         raise FileNotFoundError(f"{self.workdir}: no checkpoint at step {step}; have "
                                 f"{self.steps('latest')} (latest) and {self.steps('best')} (best)")
 
+    # ------------------------------------------------------------------ restore
     def restore(self, abstract_state: Any, which: str = "latest") -> tuple[Any, dict, int]:
-        name, step = self.resolve(which)
+        """``(state, extra, step)``. ``latest`` falls back past corrupt steps (reporting each on
+        stderr); ``best`` or a step number must be intact (``CheckpointError`` otherwise)."""
+        if which != "latest":
+            name, step = self.resolve(which)
+            try:
+                return self._restore_one(name, step, abstract_state)
+            except _Corrupt as e:
+                raise CheckpointError(f"checkpoint {which} (step {step}) in "
+                                      f"{self._step_dir(self._mgr(name), step).parent} is "
+                                      f"corrupt: {e.reason}") from None
+        steps = sorted(self.latest.all_steps(), reverse=True)
+        if not steps:
+            raise FileNotFoundError(f"{self.workdir}: no latest checkpoint")
+        for i, step in enumerate(steps):
+            try:
+                return self._restore_one("latest", step, abstract_state)
+            except _Corrupt as e:
+                moved = self._quarantine(LATEST, step)
+                nxt = (f"falling back to step {steps[i + 1]}" if i + 1 < len(steps)
+                       else "no older checkpoint left")
+                _warn(f"checkpoint step {step} in {self.workdir / LATEST} is corrupt "
+                      f"({e.reason}); moved it to {moved}; {nxt}")
+        raise CheckpointError(f"{self.workdir / LATEST}: no readable checkpoint (steps {steps} "
+                              f"were corrupt and moved to {self.workdir / CORRUPT}); rerun to "
+                              "start from scratch, or restore a copy")
+
+    def _restore_one(self, name: str, step: int, abstract_state: Any) -> tuple[Any, dict, int]:
+        mgr = self._mgr(name)
+        step_dir = self._step_dir(mgr, step)
+        problem = verify_step(step_dir)
+        if problem:
+            raise _Corrupt(problem)
         target = jax.tree.map(ocp.utils.to_shape_dtype_struct, abstract_state)
-        out = self._mgr(name).restore(step, args=ocp.args.Composite(
-            state=ocp.args.StandardRestore(target), extra=ocp.args.JsonRestore()))
-        return out["state"], dict(out["extra"]), step
+        try:
+            out = mgr.restore(step, args=ocp.args.Composite(
+                state=ocp.args.StandardRestore(target), extra=ocp.args.JsonRestore()))
+            extra = dict(out["extra"])
+        except Exception as e:
+            if (step_dir / MANIFEST).is_file():
+                raise  # the files are intact: a real error (e.g. another model), not corruption
+            raise _Corrupt(f"unreadable and without {MANIFEST}: {type(e).__name__}: "
+                           f"{str(e).splitlines()[0][:200] if str(e) else ''}") from e
+        return out["state"], extra, step
+
+    def _quarantine(self, name: str, step: int) -> Path | str:
+        """Moves a corrupt step out of its manager's directory (kept for inspection)."""
+        mgr = getattr(self, "latest" if name == LATEST else "best", None)
+        src = self.workdir / name / str(step)
+        dest = self.workdir / CORRUPT / f"{name}-{step}"
+        if dest.exists():
+            dest = dest.with_name(f"{dest.name}-{time.strftime('%Y%m%d-%H%M%S')}")
+        try:
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            shutil.move(str(src), str(dest))
+        except OSError as e:
+            return f"nowhere (moving it failed: {e})"
+        if isinstance(mgr, ocp.CheckpointManager):
+            mgr.reload()
+        return dest
 
     def close(self) -> None:
         self.latest.close()
         self.best.close()
+
+
+def _warn(message: str) -> None:
+    print(f"warning: {' '.join(message.split())}", file=sys.stderr, flush=True)

@@ -70,9 +70,18 @@ def make_train_step(model, objective: Objective, optimizer: optax.GradientTransf
     def train_step(state: TrainState, batch: dict, catalog: dict,
                    tables: negatives.NegativeTables, rng: jax.Array):
         key = jax.random.fold_in(rng, state.step)
+        # Debug hook (config.train.debug_nan_at_step): the loop adds f32[B] ``debug_loss_scale``
+        # (NaN on the steps to poison, else 1) and the loss is multiplied by it. Only batches that
+        # carry the key trace this branch, so a normal run compiles exactly the program without.
+        scale = batch.get("debug_loss_scale")
+        batch = {k: v for k, v in batch.items() if k != "debug_loss_scale"}
 
         def loss_fn(params):
-            return compute_loss(objective, model, params, batch, catalog, tables, key)
+            loss, metrics = compute_loss(objective, model, params, batch, catalog, tables, key)
+            if scale is not None:
+                loss = loss * jnp.mean(scale)
+                metrics = {**metrics, "loss": loss}
+            return loss, metrics
 
         (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
         grad_norm = optax.tree_utils.tree_norm(grads)
