@@ -179,10 +179,10 @@ def _table(results: dict, gen: dict | None) -> str:
             ("load + iterate: peak RSS (GiB)",
              lambda r: _fmt(r["iterate"]["peak_rss_gib"], ".2f"))]
     names = list(results)
-    head = f"{'':<38}" + "".join(f"{n:>18}" for n in names)
+    head = f"{'':<38}" + "".join(f"{n:>22}" for n in names)
     lines = [head, "-" * len(head)]
     for label, get in rows:
-        lines.append(f"{label:<38}" + "".join(f"{get(results[n]):>18}" for n in names))
+        lines.append(f"{label:<38}" + "".join(f"{get(results[n]):>22}" for n in names))
     if gen is not None:
         lines.append(f"synthetic generation (not in the build): {gen['seconds']:.1f} s, "
                      f"{gen['bytes'] / GIB:.2f} GiB of files, peak RSS "
