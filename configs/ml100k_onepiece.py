@@ -2,7 +2,9 @@
 
 Curriculum (issue "Training and evaluation", sequential public data): step 1 learns "the items of
 the next W interactions" (broad), step 2 "the exact next item" (precise, served). Anchors: the
-global top items per rating level over the 7 days before the example's day.
+global top items per rating level over the 7 days before the example's day. With 1,682 items the
+whole catalogue serves as U2I/BCE negatives (temperature 1), which made the first epoch reach
+validation NDCG@10 0.068 instead of 0.022 with 35 sampled + in-batch negatives (η = 0.07).
 
     onepiece train --config configs/ml100k_onepiece.py --workdir runs/ml100k_onepiece \
         --config.dataset.path=data/ml-100k
@@ -22,6 +24,8 @@ def get_config():
     c.context.pool_window = 5
     c.model.reasoning_steps = 2
     c.model.dropout = 0.2
+    c.loss.eta = 1.0
+    c.loss.negatives.update(uniform=0, popular=0, same_category=0, in_batch=False, catalogue=True)
     c.train.epochs = 30
     c.train.early_stop_patience = 5
     return c

@@ -24,12 +24,11 @@ def evaluate_retrieval(user_fn: Callable[[dict], jax.Array], item_vecs: jax.Arra
                        exclude_history: bool, chunk: int, dataset: str, split: str,
                        put: Callable[[dict], dict] = lambda b: b) -> dict:
     """Leave-one-out full-catalogue metrics; ``user_fn(batch) -> f32[B, d]`` (the served step)."""
-    rank_fn = jax.jit(target_ranks, static_argnames=("exclude_history", "chunk"))
     acc = RetrievalMetrics(ks)
     for batch in BatchIterator(arrays, batch_size, shuffle=False, seed=0):
         dev = put(device_batch(batch))
-        ranks = rank_fn(user_fn(dev), item_vecs, dev["target"], dev["exclude"],
-                        exclude_history=exclude_history, chunk=chunk)
+        ranks = target_ranks(user_fn(dev), item_vecs, dev["target"], dev["exclude"],
+                             exclude_history=exclude_history, chunk=chunk)
         acc.update(np.asarray(ranks), batch["example_mask"])
     protocol = protocol_string(dataset, split, exclude_history, ks,
                                num_items=int(item_vecs.shape[0] - 1))

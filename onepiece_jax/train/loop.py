@@ -10,6 +10,7 @@ workdir resumes from the latest checkpoint — at the exact batch where it stopp
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 import shutil
@@ -95,6 +96,27 @@ class Job:
     def put(self, batch: dict) -> dict:
         return put_batch(batch, self.mesh)
 
+    # Scoring functions take the params as an argument and are built once per job, so every
+    # validation after the first reuses the compiled program.
+    @functools.cached_property
+    def user_vectors_fn(self):
+        model, step = self.model, self.objective.served_step
+        return jax.jit(lambda p, b, catalog: model.apply({"params": p}, b, catalog, train=False)
+                       ["user_vectors"][step])
+
+    @functools.cached_property
+    def item_vectors_fn(self):
+        model, n = self.model, self.data.spec["num_items"] + 1
+        return jax.jit(lambda p, catalog: model.apply(
+            {"params": p}, jnp.arange(n, dtype=jnp.int32), catalog, method="item_vectors"))
+
+    @functools.cached_property
+    def scores_fn(self):
+        model = self.model
+        readouts = task_readouts(self.objective.assignment, len(self.config.tasks))
+        return jax.jit(lambda p, b, catalog: task_scores(
+            model.apply({"params": p}, b, catalog, train=False)["logits"], readouts))
+
 
 def _as_catalog(catalog: dict, mesh) -> dict:
     return jax.device_put({e: {k: jnp.asarray(v) for k, v in t.items()} for e, t in catalog.items()
@@ -157,22 +179,16 @@ def _check_nonfinite_config(tcfg) -> None:
 
 # --------------------------------------------------------------------------- evaluation
 def evaluate_split(job: Job, params, arrays: dict, split: str) -> dict:
-    cfg, model, obj = job.config, job.model, job.objective
-    variables = {"params": params}
+    cfg = job.config
     if cfg.mode == "retrieval":
-        n = job.data.spec["num_items"] + 1
-        item_vecs = jax.jit(lambda v, c: model.apply(v, jnp.arange(n, dtype=jnp.int32), c,
-                                                     method="item_vectors"))(variables, job.catalog)
-        user_fn = jax.jit(lambda b: model.apply(variables, b, job.catalog, train=False)
-                          ["user_vectors"][obj.served_step])
+        item_vecs = job.item_vectors_fn(params, job.catalog)
         return evaluate_retrieval(
-            user_fn, item_vecs, arrays, batch_size=int(cfg.eval.batch_size), ks=tuple(cfg.eval.ks),
+            functools.partial(job.user_vectors_fn, params, catalog=job.catalog), item_vecs,
+            arrays, batch_size=int(cfg.eval.batch_size), ks=tuple(cfg.eval.ks),
             exclude_history=bool(cfg.eval.exclude_history), chunk=int(cfg.eval.item_chunk),
             dataset=job.data.spec["dataset"], split=split, put=job.put)
-    readouts = task_readouts(obj.assignment, len(cfg.tasks))
-    score_fn = jax.jit(lambda b: task_scores(
-        model.apply(variables, b, job.catalog, train=False)["logits"], readouts))
-    return evaluate_ranking(score_fn, arrays, batch_size=int(cfg.eval.batch_size),
+    return evaluate_ranking(functools.partial(job.scores_fn, params, catalog=job.catalog),
+                            arrays, batch_size=int(cfg.eval.batch_size),
                             group_size=job.group_size, task_names=tuple(cfg.tasks),
                             dataset=job.data.spec["dataset"], split=split, put=job.put)
 

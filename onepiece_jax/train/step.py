@@ -8,6 +8,7 @@ axis, everything else replicated, and the old state donated.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -43,7 +44,8 @@ def make_optimizer(train_cfg, total_steps: int) -> optax.GradientTransformation:
 
 def init_state(model, optimizer: optax.GradientTransformation, example_batch: dict,
                catalog: dict, rng: jax.Array) -> TrainState:
-    variables = model.init({"params": rng, "dropout": rng}, example_batch, catalog, train=False)
+    init = jax.jit(functools.partial(model.init, train=False))  # one compile, not hundreds
+    variables = init({"params": rng, "dropout": rng}, example_batch, catalog)
     params = variables["params"]
     return TrainState(step=jnp.zeros((), jnp.int32), params=params,
                       opt_state=optimizer.init(params), nonfinite=jnp.zeros((), jnp.int32))
