@@ -12,23 +12,15 @@ the 30 days before the request's day. Split by request time; K=3 progressive ste
         --workdir runs/synthetic_search_ranking --config.dataset.path=data/synthetic_search
 """
 
-from onepiece_jax.config import base_config
+from pathlib import Path
+
+from onepiece_jax.config import load_config
 
 
 def get_config():
-    c = base_config()
-    c.dataset.name = "jdsearch"
-    c.mode = "ranking"
-    c.tasks = ("click", "cart", "order")
-    c.context.ih_max_len = 50
-    c.context.pa_key = "query"
-    c.context.pa_groups = ("order", "cart", "click")
-    c.context.pa_group_size = 10
-    c.context.pa_window_seconds = 30 * 86400
-    c.context.num_candidates = 12
+    # Same format and recipe as real JDsearch; only the candidate padding and batch sizes differ.
+    c = load_config(Path(__file__).with_name("jdsearch_ranking.py"))
     c.context.max_candidates = 24  # the generator shows at most 20 distinct candidates
-    c.model.reasoning_steps = 3
     c.train.batch_size = 256
-    c.train.early_stop_metric = "click/AUC"
     c.eval.batch_size = 512
     return c
