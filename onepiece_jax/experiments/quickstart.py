@@ -64,14 +64,16 @@ def plot_validation(results: dict, path: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     fig, ax = plt.subplots(figsize=(6, 4))
     for name, r in results.items():
         epochs = [h["epoch"] for h in r["history"]]
         ax.plot(epochs, [h["metrics"]["NDCG@10"] for h in r["history"]], marker="o", label=name)
     ax.set_xlabel("epoch")
-    ax.set_ylabel("validation NDCG@10 (full catalogue, history excluded)")
-    ax.set_title("MovieLens-100K, leave-one-out")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_ylabel("validation NDCG@10")
+    ax.set_title("MovieLens-100K, leave-one-out, full catalogue, history excluded", fontsize=9)
     ax.legend()
     ax.grid(alpha=0.3)
     fig.tight_layout()
