@@ -62,7 +62,7 @@ def test_leave_one_out_splits_hold_last_two_events_per_user():
     b = ContextBuilder(log, ContextConfig(ih_max_len=8, pool_window=3))
     tests = {ex["user"]: ex for _, ex in b.examples("test")}
     vals = {ex["user"]: ex for _, ex in b.examples("validation")}
-    train = [ex for _, ex in b.examples("train")]
+    train = list(b.examples("train"))
     for u in range(1, 31):
         sl = b._user_slice(u)
         seq = b.item[sl]
@@ -71,13 +71,16 @@ def test_leave_one_out_splits_hold_last_two_events_per_user():
             continue
         assert tests[u]["target"] == seq[-1] and vals[u]["target"] == seq[-2]
         assert set(tests[u]["exclude"]) == set(seq[:-1])
-    held_out = {(ex["user"], ex["time"]) for ex in list(tests.values()) + list(vals.values())}
-    for ex in train:
+    for key, ex in train:
         assert ex["pool_label"].shape == (3, 2)
         assert ex["pool_label"][0, 1] == 1.0  # 'next' task: only the exact next item
         assert ex["pool_label"][1:, 1].sum() == 0
-        assert (ex["user"], ex["time"]) not in held_out or True
-    # training pools never contain a user's validation/test target event
+        # the pool is the next events up to, never into, the user's validation/test events
+        user, t = (int(x) for x in key.split("-"))
+        seq = b.item[b._user_slice(user)]
+        want = seq[t:min(t + 3, seq.size - 2)]
+        np.testing.assert_array_equal(ex["pool_item"][:want.size], want)
+        assert (ex["pool_item"][want.size:] == 0).all() and ex["target"] == seq[t]
     n_train_targets = sum(max(np.diff(b.user_start)[u] - 3, 0) for u in range(1, 31))
     assert len(train) == n_train_targets
 
