@@ -30,6 +30,7 @@ from tensorboardX import SummaryWriter
 
 from onepiece_jax.config import ConfigError
 from onepiece_jax.data.context import ContextConfig
+from onepiece_jax.data.events import EventLog
 from onepiece_jax.data.loader import BatchIterator, BuiltDataset, device_batch
 from onepiece_jax.data.tfds_builder import build, read_log
 from onepiece_jax.eval.ranking import task_readouts, task_scores
@@ -58,8 +59,12 @@ def _build_key(config) -> dict:
             "mode": config.mode, "tasks": list(config.tasks), "seed": config.seed}
 
 
-def ensure_built(config, workdir: Path) -> Path:
-    """Builds the dataset once; a build made from a different data/context config is refused."""
+def ensure_built(config, workdir: Path, log: EventLog | None = None) -> Path:
+    """Builds the dataset once; a build made from a different data/context config is refused.
+
+    ``log`` is the event log to build from (default: read the configured dataset); tests pass
+    planted logs here.
+    """
     out = Path(config.dataset.build_dir) if config.dataset.build_dir else workdir / "data"
     key = json.loads(json.dumps(_build_key(config)))
     stamp = out / "build_key.json"
@@ -68,7 +73,7 @@ def ensure_built(config, workdir: Path) -> Path:
             raise ConfigError(f"{out} holds a dataset built from a different config.dataset/"
                               "context/tasks; point config.dataset.build_dir elsewhere")
         return out
-    build(read_log(config), ContextConfig.from_config(config), out)
+    build(read_log(config) if log is None else log, ContextConfig.from_config(config), out)
     stamp.write_text(json.dumps(key, indent=1))
     return out
 
@@ -89,8 +94,11 @@ class Job:
     group_size: int | None
 
     def example_batch(self, arrays: dict) -> dict:
-        it = BatchIterator(arrays, self.config.train.batch_size, shuffle=False, seed=0,
-                           group_size=self.group_size)
+        """One padded batch of the split's shapes (for init and restore templates only); built
+        from the first rows, so ranking does not regroup a whole split for it."""
+        size = int(self.config.train.batch_size)
+        head = {k: v[:size] for k, v in arrays.items()}
+        it = BatchIterator(head, size, shuffle=False, seed=0, group_size=self.group_size)
         return device_batch(next(it))
 
     def put(self, batch: dict) -> dict:

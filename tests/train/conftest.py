@@ -4,9 +4,7 @@ import numpy as np
 import pytest
 
 from onepiece_jax.config import base_config
-from onepiece_jax.data.context import ContextConfig
 from onepiece_jax.data.events import EventLog, FeatureTable, identity_table
-from onepiece_jax.data.tfds_builder import build
 
 DAY = 86400
 
@@ -55,15 +53,10 @@ def tiny_config(build_dir: str):
 
 @pytest.fixture(scope="session")
 def planted_build(tmp_path_factory):
+    from onepiece_jax.train.loop import ensure_built
+
     out = tmp_path_factory.mktemp("planted_build")
-    cfg = tiny_config(str(out))
-    from onepiece_jax.train.loop import _build_key
-
-    build(planted_log(), ContextConfig.from_config(cfg), out)
-    import json
-
-    (out / "build_key.json").write_text(json.dumps(_build_key(cfg)))
-    return out
+    return ensure_built(tiny_config(str(out)), out, log=planted_log())
 
 
 def planted_ranking_log(seed: int = 0) -> EventLog:
