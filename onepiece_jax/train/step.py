@@ -51,10 +51,15 @@ def init_state(model, optimizer: optax.GradientTransformation, example_batch: di
                       opt_state=optimizer.init(params), nonfinite=jnp.zeros((), jnp.int32))
 
 
+CATEGORY_FEATURES = ("category", "cate_1", "genre", "attribute")  # readers' category tables
+
+
 def negative_tables(item_count: np.ndarray, catalog: dict) -> negatives.NegativeTables:
-    """Popularity from training counts; hard negatives share the item's first category feature."""
-    names = [n for n in catalog["item"] if n not in ("item_id",)]
-    category = (catalog["item"][names[0]][:, 0] if names
+    """Popularity from training counts; hard negatives share the item's category: the first of
+    ``CATEGORY_FEATURES`` the dataset has (its first value for multi-valued features), none
+    (uniform fallback) when it has no category table."""
+    name = next((n for n in CATEGORY_FEATURES if n in catalog["item"]), None)
+    category = (catalog["item"][name][:, 0] if name is not None
                 else np.zeros(item_count.shape[0], np.int32))
     return negatives.build_negative_tables(item_count, category)
 

@@ -86,3 +86,14 @@ def test_catalogue_negatives_cover_every_item_except_the_positives(planted_build
         own = set(pool[row][pool[row] > 0])
         assert {i + 1 for i in np.flatnonzero(~negatives_valid[row])} == own
     assert float(labels[:, pool.shape[1]:].sum()) == 0.0
+
+
+def test_hard_negatives_use_the_category_table_not_the_first_side_feature():
+    from onepiece_jax.train.step import negative_tables
+
+    n = 6
+    catalog = {"item": {"item_id": np.arange(n + 1)[:, None],
+                        "brand": np.array([[0], [9], [9], [9], [8], [8], [8]]),
+                        "cate_1": np.array([[0], [1], [2], [1], [2], [1], [2]])}}
+    tables = negative_tables(np.ones(n + 1, np.float32), catalog)
+    np.testing.assert_array_equal(np.asarray(tables.item_category), [0, 1, 2, 1, 2, 1, 2])
