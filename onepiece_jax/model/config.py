@@ -23,6 +23,7 @@ COMPUTE_DTYPES = ("float32", "bfloat16")
 BASE_MASKS = ("bidirectional", "causal")
 READOUTS = ("block", "last_token")
 ITEM_TOWERS = ("mlp", "shared_proj", "embedding")
+HISTORY_TOKENS = ("adapter", "embedding")
 ENTITIES = ("item", "user", "query")
 
 
@@ -90,6 +91,7 @@ class ModelConfig:
     use_pa: bool = True
     use_sd: bool = True
     item_tower: str = "mlp"
+    history_tokens: str = "adapter"
     head_hidden: int = 64
     use_kv_cache: bool = True
     ih_len: int = 50
@@ -103,6 +105,9 @@ class ModelConfig:
     context_features: tuple[FeatureDef, ...] = ()
     num_behaviors: int = 0
     pa_behaviors: tuple[int, ...] = ()
+    # Embedding tables get their rows rounded up to a multiple of this, so they split evenly over
+    # the devices that shard them (set by the train job from the mesh, see parallel/rules.py).
+    vocab_multiple: int = 1
 
     def __post_init__(self):
         _check_choice("mode", self.mode, MODES)
@@ -112,8 +117,9 @@ class ModelConfig:
         _check_choice("base_mask", self.base_mask, BASE_MASKS)
         _check_choice("readout", self.readout, READOUTS)
         _check_choice("item_tower", self.item_tower, ITEM_TOWERS)
+        _check_choice("history_tokens", self.history_tokens, HISTORY_TOKENS)
         for key in ("d_model", "num_layers", "num_heads", "ffn_mult", "feature_dim",
-                    "head_hidden", "ih_len", "num_tasks"):
+                    "head_hidden", "ih_len", "num_tasks", "vocab_multiple"):
             if getattr(self, key) < 1:
                 raise ValueError(f"model.{key}={getattr(self, key)}: must be >= 1")
         if self.d_model % self.num_heads:
@@ -149,6 +155,13 @@ class ModelConfig:
         if "item_id" not in names and (not self.use_side_info or self.item_tower == "embedding"):
             raise ValueError("spec['item'] has no 'item_id' feature, which "
                              "model.use_side_info=False and model.item_tower='embedding' need")
+        if self.history_tokens == "embedding" and self.use_side_info:
+            raise ValueError("model.history_tokens='embedding' feeds the raw item-id row as the "
+                             "IH/PA token (SASRec); it needs model.use_side_info=False")
+
+    def table_rows(self, vocab_size: int) -> int:
+        """Rows of an embedding table: ``vocab_size`` rounded up to ``vocab_multiple``."""
+        return -(-vocab_size // self.vocab_multiple) * self.vocab_multiple
 
     @property
     def head_dim(self) -> int:
@@ -271,7 +284,7 @@ def baseline_overrides(name: str, mode: str = "retrieval") -> dict[str, Any]:
         "bidirectional": {"reasoning_steps": 0},
         "sasrec": {"base_mask": "causal", "use_side_info": False, "use_pa": False,
                    "use_sd": False, "reasoning_steps": 0, "readout": "last_token",
-                   "item_tower": "embedding"},
+                   "item_tower": "embedding", "history_tokens": "embedding"},
         "rearec": {"use_pa": False, "reasoning_steps": 2,
                    **({"cis_visible": False} if ranking else {"readout": "last_token"})},
         "hstu": {"attention": "hstu", "base_mask": "causal", "use_pa": False,

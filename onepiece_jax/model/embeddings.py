@@ -42,6 +42,23 @@ class Adapter(nn.Module):
         return nn.Dense(cfg.d_model, dtype=cfg.dtype, kernel_init=_INIT)(x).astype(jnp.float32)
 
 
+def padded_embed(vocab_size: int, width: int, config: ModelConfig) -> nn.Embed:
+    """An ``nn.Embed`` with ``config.table_rows(vocab_size)`` rows (even sharding on the vocabulary
+    axis). The rows past ``vocab_size`` are never looked up; they start at zero and the real rows
+    are drawn exactly as for an unpadded table, so the values (and training) do not depend on the
+    padding, i.e. on the mesh."""
+    rows = config.table_rows(vocab_size)
+    if rows == vocab_size:
+        return nn.Embed(vocab_size, width)
+    base = nn.linear.default_embed_init
+
+    def init(key, shape, dtype=jnp.float32):
+        return jnp.pad(base(key, (vocab_size, shape[1]), dtype),
+                       ((0, shape[0] - vocab_size), (0, 0)))
+
+    return nn.Embed(rows, width, embedding_init=init)
+
+
 class FeatureTables(nn.Module):
     """One embedding table per feature of the spec, plus the behaviour table (levels + 1)."""
 
@@ -51,7 +68,7 @@ class FeatureTables(nn.Module):
         cfg = self.config
 
         def tables(entity: str, features: tuple[FeatureDef, ...]) -> dict[str, nn.Embed]:
-            return {f.name: nn.Embed(f.vocab_size, cfg.feature_width(entity, f))
+            return {f.name: padded_embed(f.vocab_size, cfg.feature_width(entity, f), cfg)
                     for f in features}
 
         self.item = tables("item", cfg.active_item_features)
@@ -59,7 +76,7 @@ class FeatureTables(nn.Module):
         self.query = tables("query", cfg.query_features)
         self.context = tables("context", cfg.context_features)
         if cfg.uses_behavior:
-            self.behavior = nn.Embed(cfg.num_behaviors + 1, cfg.feature_dim)
+            self.behavior = padded_embed(cfg.num_behaviors + 1, cfg.feature_dim, cfg)
 
     def entity(self, entity: str, ids: jnp.ndarray, catalog: Catalog) -> jnp.ndarray:
         """ids: int32[...] of one entity kind → float32[..., D_entity], features concatenated."""
@@ -103,7 +120,7 @@ class ContextEmbedder(nn.Module):
         cfg = self.config
         d = cfg.d_model
         self.tables = FeatureTables(cfg)
-        self.proj_shared = Adapter(cfg)
+        self.proj_shared = Adapter(cfg) if cfg.history_tokens == "adapter" else None
         self.ih_pos = self.param("ih_pos", _INIT, (cfg.ih_len, d))
         if cfg.layout().pa:
             self.pa_pos = self.param("pa_pos", _INIT, (cfg.pa_size + 2, d))
@@ -123,11 +140,22 @@ class ContextEmbedder(nn.Module):
 
     def _shared_tokens(self, items: jnp.ndarray, levels: jnp.ndarray,
                        catalog: Catalog) -> jnp.ndarray:
-        """IH/PA tokens: items, levels: int32[...] → float32[..., d] through proj_shared."""
+        """IH/PA tokens: items, levels: int32[...] → float32[..., d] through proj_shared.
+
+        ``history_tokens='embedding'`` skips the adapter: the token is the item-id row itself, the
+        same vector the 'embedding' item tower scores (SASRec ties input and output embeddings).
+        """
+        if self.config.history_tokens == "embedding":
+            return self._id_rows(items, catalog)
         features = self.tables.entity("item", items, catalog)
         if self.config.uses_behavior:
             features = jnp.concatenate([features, self.tables.behavior_embedding(levels)], -1)
         return self.proj_shared(features)
+
+    def _id_rows(self, items: jnp.ndarray, catalog: Catalog) -> jnp.ndarray:
+        """items: int32[...] → float32[..., d], the item-id embedding row (zero for padding)."""
+        values = jnp.take(catalog["item"]["item_id"], items, axis=0)
+        return masked_mean(self.tables.item["item_id"](values), values)
 
     def _anchor_tokens(self, pa_item: jnp.ndarray, catalog: Catalog) -> jnp.ndarray:
         """pa_item: int32[B, G, P] → float32[B, G·(P+2), d] with BOS/EOS around every group."""
@@ -202,8 +230,7 @@ class ContextEmbedder(nn.Module):
         """
         cfg = self.config
         if cfg.item_tower == "embedding":
-            values = jnp.take(catalog["item"]["item_id"], items, axis=0)
-            return masked_mean(self.tables.item["item_id"](values), values)
+            return self._id_rows(items, catalog)
         if cfg.item_tower == "shared_proj":
             return self._shared_tokens(items, jnp.zeros_like(items), catalog)
         return self.item_tower(self.tables.entity("item", items, catalog))

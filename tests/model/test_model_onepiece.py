@@ -103,11 +103,16 @@ def test_every_baseline_is_a_config_of_the_one_model(tiny, name, mode):
     if name in ("sasrec", "rearec") and mode == "retrieval":
         assert m == 1
     if name == "sasrec":
-        assert "proj_shared" in variables["params"]["embedder"]
+        assert "proj_shared" not in variables["params"]["embedder"]  # tied input/output rows
         assert set(variables["params"]["embedder"]["tables"]) == {"item_item_id"}
         table = variables["params"]["embedder"]["tables"]["item_item_id"]["embedding"]
         vectors = model.apply(variables, jnp.array([3, 5]), catalog, method="item_vectors")
         np.testing.assert_allclose(vectors, table[jnp.array([3, 5])], atol=1e-6)
+        tokens, _ = model.apply(variables, batch, catalog, method="embed")
+        newest = batch["ih_item"][:, -1]
+        ih_pos = variables["params"]["embedder"]["ih_pos"][-1]
+        expected = np.where((newest > 0)[:, None], table[newest], 0.0)  # padding embeds to zero
+        np.testing.assert_allclose(tokens[:, cfg.ih_len - 1] - ih_pos, expected, atol=1e-6)
 
 
 def test_tied_item_tower_uses_proj_shared_and_adds_no_parameters(tiny):
