@@ -128,6 +128,20 @@ def validate(config: ml_collections.ConfigDict) -> None:
                           "'next_item_softmax'")
     if config.loss.kind == "next_item_softmax" and config.mode != "retrieval":
         raise ConfigError("config.loss.kind='next_item_softmax' is a retrieval loss")
+    if "mesh" in config:
+        _validate_mesh(config.mesh)
+
+
+def _validate_mesh(mesh: ml_collections.ConfigDict) -> None:
+    """Shape checks that need no devices; the device count is checked when the mesh is built."""
+    shape = tuple(mesh.get("shape", (-1, 1)))
+    if (len(shape) != 2 or not all(isinstance(s, int) and (s >= 1 or s == -1) for s in shape)
+            or shape == (-1, -1)):
+        raise ConfigError(f"config.mesh.shape={shape}: expected (data, model), each >= 1 or -1 "
+                          "(at most one -1)")
+    if int(mesh.get("vocab_multiple", 0)) < 0:
+        raise ConfigError(f"config.mesh.vocab_multiple={mesh.vocab_multiple}: must be >= 0 "
+                          "(0 = the number of table shards)")
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -165,7 +179,17 @@ def base_config() -> ml_collections.ConfigDict:
         debug_nan_at_step=0, debug_nan_steps=1))
     c.eval = ml_collections.ConfigDict(dict(
         ks=(10, 50, 200), exclude_history=True, batch_size=512, item_chunk=4096))
-    c.mesh = ml_collections.ConfigDict(dict(data=-1))
+    # (data, model) device mesh; -1 = every device the other axis leaves. Embedding tables are
+    # split over `model` (and `data` too with shard_tables_over_data) on the vocabulary axis, their
+    # rows padded to a multiple of vocab_multiple (0 = the number of table shards).
+    c.mesh = ml_collections.ConfigDict(dict(shape=(-1, 1), shard_tables_over_data=False,
+                                            vocab_multiple=0))
+    # Multi-host: enabled=True calls jax.distributed.initialize; empty fields come from the
+    # environment (JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES, JAX_PROCESS_ID) or JAX's cluster
+    # auto-detection (SLURM, Open MPI, TPU VMs). See launch/ and parallel/distributed.py.
+    c.distributed = ml_collections.ConfigDict(dict(
+        enabled=False, coordinator_address="", num_processes=0, process_id=-1,
+        local_device_ids="", cpu_collectives="gloo", initialization_timeout=300))
     return c
 
 

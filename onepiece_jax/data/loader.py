@@ -7,6 +7,11 @@ same batch stream, which is what exact resume needs.
 
 Ranking requests are split into candidate groups of C here, with a fresh random grouping every
 epoch (SPEC §4: random groups in training and at inference; evaluation uses a fixed seed).
+
+Multi-host: every process computes the same global batch order (a function of the seed) and
+yields only its ``rows`` of each global batch; over a :class:`RecordSplit` it also decodes only
+those records (array_record random access), so each host reads its own share of the data and the
+global batches are exactly those of a single-process run.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import tensorflow_datasets as tfds
@@ -21,6 +27,7 @@ import tensorflow_datasets as tfds
 from onepiece_jax.data.tfds_builder import TFDS_NAME
 
 HOST_ONLY_KEYS = ("time",)  # carried for analysis, never sent to the device
+VARLEN_KEYS = ("exclude",)  # variable-length in the records, padded with 0 when batched
 
 
 @dataclasses.dataclass
@@ -91,6 +98,55 @@ class BuiltDataset:
         return {key: out[key] for key in keys}
 
 
+@dataclasses.dataclass
+class RecordSplit:
+    """A split read on demand, record by record: ``take(idx)`` decodes only the rows asked for.
+
+    Used for the training split with several processes (each reads only its rows of every
+    batch). Variable-length fields (``exclude``, empty in training) are padded or cut to
+    ``varlen_width``, the width ``BuiltDataset.load_split`` gives the training split.
+    """
+
+    source: Any
+    varlen_width: int = 1
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def take(self, idx: np.ndarray) -> dict[str, np.ndarray]:
+        rows = self.source.__getitems__([int(i) for i in idx]) if len(idx) else []
+        if not rows:  # an all-padding slice: shapes from the first record
+            first = self.source.__getitems__([0])[0]
+            return {k: v[:0] for k, v in self._stack([first]).items()}
+        return self._stack(rows)
+
+    def _stack(self, rows: list[dict]) -> dict[str, np.ndarray]:
+        out = {}
+        for key in rows[0]:
+            if key in VARLEN_KEYS:
+                arr = np.zeros((len(rows), self.varlen_width), np.int32)
+                for i, r in enumerate(rows):
+                    v = np.asarray(r[key])[:self.varlen_width]
+                    arr[i, :v.shape[0]] = v
+                out[key] = arr
+            else:
+                out[key] = np.stack([np.asarray(r[key]) for r in rows])
+        return out
+
+
+Arrays = dict[str, np.ndarray] | RecordSplit
+
+
+def num_rows(arrays: Arrays) -> int:
+    return len(arrays) if isinstance(arrays, RecordSplit) else next(iter(arrays.values())).shape[0]
+
+
+def take_rows(arrays: Arrays, idx: np.ndarray) -> dict[str, np.ndarray]:
+    if isinstance(arrays, RecordSplit):
+        return arrays.take(idx)
+    return {k: v[idx] for k, v in arrays.items()}
+
+
 def group_candidates(arrays: dict[str, np.ndarray], group_size: int,
                      rng: np.random.Generator | None) -> dict[str, np.ndarray]:
     """Request examples [R, Nc] → group examples [G, C], valid candidates randomly regrouped.
@@ -122,17 +178,22 @@ class IteratorState:
 
 
 class BatchIterator:
-    """Shuffled (or ordered) fixed-size batches over in-memory arrays; resumable.
+    """Shuffled (or ordered) fixed-size batches over in-memory arrays or a RecordSplit; resumable.
 
     ``group_size`` turns ranking requests into candidate groups, randomly regrouped every epoch
     when ``regroup`` (default: when ``shuffle``); evaluation keeps the order but still groups at
-    random, with its fixed seed.
+    random, with its fixed seed. ``rows`` (default: all) is the slice of every global batch this
+    process feeds (``parallel.mesh.process_rows``): the order and the padding are those of the
+    global batch, only the rows yielded differ.
     """
 
-    def __init__(self, arrays: dict[str, np.ndarray], batch_size: int, *, shuffle: bool,
+    def __init__(self, arrays: Arrays, batch_size: int, *, shuffle: bool,
                  seed: int, group_size: int | None = None, regroup: bool | None = None,
-                 drop_remainder: bool = False):
+                 drop_remainder: bool = False, rows: slice | None = None):
+        if group_size is not None and isinstance(arrays, RecordSplit):
+            raise ValueError("ranking candidate groups need the split in memory (load_split)")
         self.arrays = arrays
+        self.rows = slice(0, batch_size) if rows is None else rows
         self.batch_size = batch_size
         self.shuffle = shuffle
         self.seed = seed
@@ -149,7 +210,7 @@ class BatchIterator:
         arrays = self.arrays
         if self.group_size is not None:
             arrays = group_candidates(arrays, self.group_size, rng if self.regroup else None)
-        n = next(iter(arrays.values())).shape[0]
+        n = num_rows(arrays)
         order = rng.permutation(n) if self.shuffle else np.arange(n)
         self._epoch_cache = (epoch, arrays, order)
         return arrays, order
@@ -167,9 +228,10 @@ class BatchIterator:
         if self.state.position >= self.batches_per_epoch():
             raise StopIteration
         start = self.state.position * self.batch_size
-        idx = order[start:start + self.batch_size]
+        idx = order[start:start + self.batch_size][self.rows]  # real rows come first
         self.state.position += 1
-        return pad_batch({k: v[idx] for k, v in arrays.items()}, self.batch_size)
+        size = len(range(*self.rows.indices(self.batch_size)))
+        return pad_batch(take_rows(arrays, idx), size)
 
     def next_epoch(self) -> None:
         self.state = IteratorState(epoch=self.state.epoch + 1, position=0)

@@ -1,9 +1,15 @@
 """Evaluation over a whole split, model-agnostic: it takes jitted scoring functions.
 
 Retrieval: the served user vector of each example is ranked against the full item catalogue
-(item vectors computed once per evaluation) on device, batch by batch; only the int32 ranks come
-back to the host. Ranking: per-task scores read from each task's own step, AUC/GAUC computed
-exactly over the split at the end.
+(item vectors computed once per evaluation, possibly sharded over devices and hosts, see
+``eval.retrieval``) on device, batch by batch; only the int32 ranks come back to the host.
+Ranking: per-task scores read from each task's own step, AUC/GAUC computed exactly over the split
+at the end.
+
+Several processes: each feeds its ``rows`` of every batch (``put`` assembles the global batch);
+ranks, scores, labels and masks come back whole on every process (``parallel.distributed.to_host``,
+an all-gather across processes), so every process aggregates the same numbers over all examples —
+the AUC is the exact one of the whole split, not an average of per-process AUCs.
 """
 
 from __future__ import annotations
@@ -11,34 +17,43 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 import jax
-import numpy as np
+from jax.sharding import NamedSharding
 
 from onepiece_jax.data.loader import BatchIterator, device_batch
 from onepiece_jax.eval.metrics import RetrievalMetrics
 from onepiece_jax.eval.ranking import RankingEvaluator
 from onepiece_jax.eval.retrieval import protocol_string, target_ranks
+from onepiece_jax.parallel.distributed import to_host
 
 
 def evaluate_retrieval(user_fn: Callable[[dict], jax.Array], item_vecs: jax.Array,
-                       arrays: dict[str, np.ndarray], *, batch_size: int, ks: Sequence[int],
+                       arrays: dict, *, batch_size: int, ks: Sequence[int],
                        exclude_history: bool, chunk: int, dataset: str, split: str,
-                       put: Callable[[dict], dict] = lambda b: b) -> dict:
-    """Leave-one-out full-catalogue metrics; ``user_fn(batch) -> f32[B, d]`` (the served step)."""
+                       put: Callable[[dict], dict] = lambda b: b, rows: slice | None = None,
+                       num_items: int | None = None, shards: int = 1,
+                       item_sharding: NamedSharding | None = None) -> dict:
+    """Leave-one-out full-catalogue metrics; ``user_fn(batch) -> f32[B, d]`` (the served step).
+
+    ``item_vecs: f32[M, d]``, row i = item i; ``num_items`` (default M - 1), ``shards`` and
+    ``item_sharding`` describe a padded, sharded item matrix (``eval.retrieval.target_ranks``).
+    """
+    num_items = int(item_vecs.shape[0] - 1) if num_items is None else num_items
     acc = RetrievalMetrics(ks)
-    for batch in BatchIterator(arrays, batch_size, shuffle=False, seed=0):
+    for batch in BatchIterator(arrays, batch_size, shuffle=False, seed=0, rows=rows):
         dev = put(device_batch(batch))
         ranks = target_ranks(user_fn(dev), item_vecs, dev["target"], dev["exclude"],
-                             exclude_history=exclude_history, chunk=chunk)
-        acc.update(np.asarray(ranks), batch["example_mask"])
-    protocol = protocol_string(dataset, split, exclude_history, ks,
-                               num_items=int(item_vecs.shape[0] - 1))
+                             exclude_history=exclude_history, chunk=chunk, num_items=num_items,
+                             shards=shards, item_sharding=item_sharding)
+        acc.update(to_host(ranks), to_host(dev["example_mask"]))
+    protocol = protocol_string(dataset, split, exclude_history, ks, num_items=num_items)
     return {"protocol": protocol, "split": split, "metrics": acc.result()}
 
 
-def evaluate_ranking(score_fn: Callable[[dict], jax.Array], arrays: dict[str, np.ndarray], *,
+def evaluate_ranking(score_fn: Callable[[dict], jax.Array], arrays: dict, *,
                      batch_size: int, group_size: int, task_names: Sequence[str], dataset: str,
                      split: str, seed: int = 0,
-                     put: Callable[[dict], dict] = lambda b: b) -> dict:
+                     put: Callable[[dict], dict] = lambda b: b,
+                     rows: slice | None = None) -> dict:
     """Per-task AUC / GAUC (grouped per request); ``score_fn(batch) -> f32[B, C, T]``.
 
     Candidates are grouped into random groups of C with a fixed ``seed`` (SPEC §4: random
@@ -46,11 +61,12 @@ def evaluate_ranking(score_fn: Callable[[dict], jax.Array], arrays: dict[str, np
     """
     ev = RankingEvaluator(task_names)
     it = BatchIterator(arrays, batch_size, shuffle=False, seed=seed, group_size=group_size,
-                       regroup=True)
+                       regroup=True, rows=rows)
     for batch in it:
-        scores = score_fn(put(device_batch(batch)))
-        ev.update(np.asarray(scores), batch["cis_label"], batch["cis_item"] > 0,
-                  batch["example_mask"], batch["request"])
+        dev = put(device_batch(batch))
+        scores = score_fn(dev)
+        ev.update(to_host(scores), to_host(dev["cis_label"]), to_host(dev["cis_item"]) > 0,
+                  to_host(dev["example_mask"]), to_host(dev["request"]))
     metrics = ev.result()
     protocol = (f"{dataset} | {split} | time split | random candidate groups of C={group_size} "
                 f"(seed {seed}) | AUC, GAUC per request (one-class requests skipped)")

@@ -15,6 +15,11 @@ without ``integrity.json``, any Orbax read failure — is reported on one ``warn
 step directory is moved to ``WORKDIR/corrupt/`` (so the step can be trained and saved again) and
 the next older step is tried. An explicitly requested checkpoint (``best`` or a step number)
 that is corrupt is a ``CheckpointError``; so is a workdir with no readable latest checkpoint.
+
+Several processes (multi-host): every process calls ``save``/``restore`` (Orbax writes each array's
+shards from the processes that hold them, into one directory on a shared filesystem, and restores
+them into the template's shardings); process 0 alone writes manifests, moves corrupt steps and
+prints warnings, and the others wait for it at a barrier.
 """
 
 from __future__ import annotations
@@ -30,6 +35,8 @@ from typing import Any
 
 import jax
 import orbax.checkpoint as ocp
+
+from onepiece_jax.parallel.distributed import barrier, is_primary
 
 LATEST, BEST = "checkpoints", "best"
 MANIFEST = "integrity.json"
@@ -142,7 +149,10 @@ class Checkpoints:
             mgr.delete(step)
         mgr.save(step, args=args, metrics=metrics, force=True)
         mgr.wait_until_finished()
-        write_manifest(self._step_dir(mgr, step))
+        barrier(f"checkpoint {step} written")
+        if is_primary():
+            write_manifest(self._step_dir(mgr, step))
+        barrier(f"checkpoint {step} manifest")
 
     # ------------------------------------------------------------------ query
     def steps(self, which: str = "latest") -> list[int]:
@@ -222,11 +232,16 @@ class Checkpoints:
         dest = self.workdir / CORRUPT / f"{name}-{step}"
         if dest.exists():
             dest = dest.with_name(f"{dest.name}-{time.strftime('%Y%m%d-%H%M%S')}")
-        try:
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            shutil.move(str(src), str(dest))
-        except OSError as e:
-            return f"nowhere (moving it failed: {e})"
+        failed = None
+        if is_primary():
+            try:
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                shutil.move(str(src), str(dest))
+            except OSError as e:
+                failed = f"nowhere (moving it failed: {e})"
+        barrier(f"quarantined {name}/{step}")
+        if failed:
+            return failed
         if isinstance(mgr, ocp.CheckpointManager):
             mgr.reload()
         return dest
@@ -237,4 +252,6 @@ class Checkpoints:
 
 
 def _warn(message: str) -> None:
+    if not is_primary():
+        return
     print(f"warning: {' '.join(message.split())}", file=sys.stderr, flush=True)

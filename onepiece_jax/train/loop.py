@@ -5,6 +5,11 @@ A workdir holds everything of one run: ``config.json``, the built dataset (unles
 TensorBoard event files under ``tb/``, ``history.json`` (validation metrics per epoch) and
 ``results.json`` (the final evaluation, with its protocol string). Calling it again on the same
 workdir resumes from the latest checkpoint — at the exact batch where it stopped.
+
+Scale-out (``config.mesh``, ``config.distributed``): the state and catalog are sharded by
+``parallel/rules.py``; with several processes (one per host) each one reads only its rows of every
+training batch, checkpoints are written by all of them together (Orbax), and process 0 alone
+writes ``config.json``, ``params.txt``, TensorBoard events, ``history.json`` and the results.
 """
 
 from __future__ import annotations
@@ -31,16 +36,44 @@ from tensorboardX import SummaryWriter
 from onepiece_jax.config import ConfigError
 from onepiece_jax.data.context import ContextConfig
 from onepiece_jax.data.events import EventLog
-from onepiece_jax.data.loader import BatchIterator, BuiltDataset, device_batch
+from onepiece_jax.data.loader import (
+    BatchIterator,
+    BuiltDataset,
+    RecordSplit,
+    device_batch,
+    num_rows,
+)
 from onepiece_jax.data.tfds_builder import build, read_log
 from onepiece_jax.eval.ranking import task_readouts, task_scores
+from onepiece_jax.eval.retrieval import catalogue_layout, catalogue_vectors
 from onepiece_jax.eval.runner import evaluate_ranking, evaluate_retrieval
 from onepiece_jax.model.config import from_config as model_config_from
 from onepiece_jax.model.onepiece import OnePiece, param_summary
-from onepiece_jax.parallel.mesh import check_batch_size, make_mesh, put_batch, replicated
+from onepiece_jax.parallel import distributed
+from onepiece_jax.parallel.mesh import (
+    check_batch_size,
+    mesh_from_config,
+    process_rows,
+    put_batch,
+    put_global,
+    replicated,
+)
+from onepiece_jax.parallel.rules import (
+    ShardingRules,
+    catalog_shardings,
+    pad_catalog,
+    vocab_multiple,
+)
 from onepiece_jax.train.checkpoint import Checkpoints
 from onepiece_jax.train.objective import Objective
-from onepiece_jax.train.step import init_state, make_optimizer, make_train_step, negative_tables
+from onepiece_jax.train.step import (
+    abstract_state,
+    init_state,
+    make_optimizer,
+    make_train_step,
+    negative_tables,
+    state_shardings,
+)
 
 
 class NonFiniteError(RuntimeError):
@@ -63,18 +96,26 @@ def ensure_built(config, workdir: Path, log: EventLog | None = None) -> Path:
     """Builds the dataset once; a build made from a different data/context config is refused.
 
     ``log`` is the event log to build from (default: read the configured dataset); tests pass
-    planted logs here.
+    planted logs here. With several processes, process 0 builds (or checks) it while the others
+    wait, then every process reads it: the build directory must be on a shared filesystem.
     """
     out = Path(config.dataset.build_dir) if config.dataset.build_dir else workdir / "data"
     key = json.loads(json.dumps(_build_key(config)))
     stamp = out / "build_key.json"
+    if jax.process_count() > 1 and not distributed.is_primary():
+        distributed.barrier("dataset built")  # process 0 builds (or checks) it, the rest wait
+        if not stamp.is_file():
+            raise ConfigError(f"{out}: process 0 did not build the dataset here; with several "
+                              "hosts config.dataset.build_dir must be on a shared filesystem")
     if stamp.is_file():
         if json.loads(stamp.read_text()) != key:
             raise ConfigError(f"{out} holds a dataset built from a different config.dataset/"
                               "context/tasks; point config.dataset.build_dir elsewhere")
-        return out
-    build(read_log(config) if log is None else log, ContextConfig.from_config(config), out)
-    stamp.write_text(json.dumps(key, indent=1))
+    else:
+        build(read_log(config) if log is None else log, ContextConfig.from_config(config), out)
+        stamp.write_text(json.dumps(key, indent=1))
+    if jax.process_count() > 1 and distributed.is_primary():
+        distributed.barrier("dataset built")
     return out
 
 
@@ -92,17 +133,52 @@ class Job:
     catalog: dict
     tables: Any
     group_size: int | None
+    rules: ShardingRules = ShardingRules()
 
     def example_batch(self, arrays: dict) -> dict:
         """One padded batch of the split's shapes (for init and restore templates only); built
         from the first rows, so ranking does not regroup a whole split for it."""
         size = int(self.config.train.batch_size)
-        head = {k: v[:size] for k, v in arrays.items()}
+        head = (arrays.take(np.arange(min(size, len(arrays)))) if isinstance(arrays, RecordSplit)
+                else {k: v[:size] for k, v in arrays.items()})
         it = BatchIterator(head, size, shuffle=False, seed=0, group_size=self.group_size)
         return device_batch(next(it))
 
     def put(self, batch: dict) -> dict:
+        """This process's rows of a batch → global arrays sharded over the data axis."""
         return put_batch(batch, self.mesh)
+
+    def rows(self, batch_size: int) -> slice:
+        """The rows of every global batch of ``batch_size`` this process feeds."""
+        return process_rows(self.mesh, batch_size)
+
+    @functools.cached_property
+    def catalog_sharding(self):
+        return catalog_shardings(self.catalog, self.mesh, self.rules)
+
+    @functools.cached_property
+    def item_shards(self) -> int:
+        """Blocks of the evaluation item matrix: one per shard of the table axes."""
+        return self.rules.table_shards(self.mesh)
+
+    @functools.cached_property
+    def item_sharding(self):
+        """The evaluation item matrix's rows are split like the tables' (None: one device)."""
+        if self.item_shards == 1:
+            return None
+        return jax.sharding.NamedSharding(self.mesh,
+                                          jax.sharding.PartitionSpec(self.rules.table_axes))
+
+    def state_shardings(self, optimizer, example_batch: dict):
+        return state_shardings(self.model, optimizer, example_batch, self.catalog, self.mesh,
+                               self.rules)
+
+    def state_template(self, optimizer, example_batch: dict):
+        """The train state as sharded ``ShapeDtypeStruct``s: a restore target that allocates
+        nothing before Orbax reads each shard onto its device."""
+        return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                            abstract_state(self.model, optimizer, example_batch, self.catalog),
+                            self.state_shardings(optimizer, example_batch))
 
     # Scoring functions take the params as an argument and are built once per job, so every
     # validation after the first reuses the compiled program.
@@ -114,9 +190,30 @@ class Job:
 
     @functools.cached_property
     def item_vectors_fn(self):
-        model, n = self.model, self.data.spec["num_items"] + 1
-        return jax.jit(lambda p, catalog: model.apply(
-            {"params": p}, jnp.arange(n, dtype=jnp.int32), catalog, method="item_vectors"))
+        """``(params, catalog) -> f32[M, d]``, row i = item i's vector (M >= N+1 when sharded:
+        ``eval.retrieval.catalogue_vectors`` computes each block on the devices holding it)."""
+        model, n = self.model, int(self.data.spec["num_items"])
+        chunk, shards, sharding = int(self.config.eval.item_chunk), self.item_shards, \
+            self.item_sharding
+        if sharding is None:
+            return jax.jit(lambda p, catalog: model.apply(
+                {"params": p}, jnp.arange(n + 1, dtype=jnp.int32), catalog,
+                method="item_vectors"))
+
+        def vectors(p, catalog):
+            item_fn = functools.partial(model.apply, {"params": p}, catalog=catalog,
+                                        method="item_vectors")
+            return catalogue_vectors(item_fn, n, shards, chunk, sharding)
+
+        return jax.jit(vectors, out_shardings=sharding)
+
+    @property
+    def eval_chunk(self) -> int:
+        """Items scored per block and scan step (the block length divides by it)."""
+        chunk = int(self.config.eval.item_chunk)
+        if self.item_sharding is None:
+            return chunk
+        return catalogue_layout(int(self.data.spec["num_items"]), self.item_shards, chunk)[1]
 
     @functools.cached_property
     def scores_fn(self):
@@ -126,22 +223,36 @@ class Job:
             model.apply({"params": p}, b, catalog, train=False)["logits"], readouts))
 
 
-def _as_catalog(catalog: dict, mesh) -> dict:
-    return jax.device_put({e: {k: jnp.asarray(v) for k, v in t.items()} for e, t in catalog.items()
-                           if t}, replicated(mesh))
+def _as_catalog(catalog: dict, mesh, rules: ShardingRules, multiple: int) -> dict:
+    """The catalog on the devices: rows padded to ``multiple`` and split like the tables."""
+    padded = pad_catalog(catalog, multiple)
+    return put_global(padded, catalog_shardings(padded, mesh, rules))
 
 
 def make_job(config, workdir: str | Path) -> Job:
     workdir = Path(workdir)
     data = BuiltDataset.open(ensure_built(config, workdir))
-    mesh = make_mesh(int(config.mesh.data))
+    mesh = mesh_from_config(config)
     check_batch_size(int(config.train.batch_size), mesh)
-    model = OnePiece(model_config_from(config, data.spec))
-    catalog = _as_catalog(data.catalog, mesh)
-    tables = jax.device_put(negative_tables(data.item_count, data.catalog), replicated(mesh))
+    rules = ShardingRules.from_config(config)
+    multiple = vocab_multiple(int(config.mesh.get("vocab_multiple", 0)), rules.table_shards(mesh))
+    model_cfg = dataclasses.replace(model_config_from(config, data.spec), vocab_multiple=multiple)
+    model = OnePiece(model_cfg)
+    catalog = _as_catalog(data.catalog, mesh, rules, multiple)
+    tables = negative_tables(data.item_count, data.catalog)
+    tables = put_global(tables, jax.tree.map(lambda _: replicated(mesh), tables))
     group_size = int(config.context.num_candidates) if config.mode == "ranking" else None
     return Job(config, workdir, data, model, Objective.from_config(config), mesh, catalog,
-               tables, group_size)
+               tables, group_size, rules)
+
+
+def _train_split(job: Job):
+    """The training split: in memory with one process; with several, read record by record, so
+    each process decodes only its rows of every batch (ranking regroups candidates over the whole
+    split every epoch, so it keeps the split in memory)."""
+    if jax.process_count() > 1 and job.group_size is None:
+        return RecordSplit(job.data.source("train"))
+    return job.data.load_split("train")
 
 
 def _check_writable(workdir: Path) -> None:
@@ -152,7 +263,7 @@ def _check_writable(workdir: Path) -> None:
             continue
         try:
             directory.mkdir(parents=True, exist_ok=True)
-            probe = directory / ".write_probe"
+            probe = directory / f".write_probe.{jax.process_index()}"
             with probe.open("wb") as f:
                 f.write(b"\0" * 65536)
                 f.flush()
@@ -187,18 +298,23 @@ def _check_nonfinite_config(tcfg) -> None:
 
 # --------------------------------------------------------------------------- evaluation
 def evaluate_split(job: Job, params, arrays: dict, split: str) -> dict:
+    """Metrics of one split; every process feeds its rows of each batch and gets the same,
+    exact, result (the per-batch outputs are gathered across processes before aggregation)."""
     cfg = job.config
+    batch_size = int(cfg.eval.batch_size)
+    check_batch_size(batch_size, job.mesh, "config.eval.batch_size")
+    common = dict(batch_size=batch_size, dataset=job.data.spec["dataset"], split=split,
+                  put=job.put, rows=job.rows(batch_size))
     if cfg.mode == "retrieval":
         item_vecs = job.item_vectors_fn(params, job.catalog)
         return evaluate_retrieval(
             functools.partial(job.user_vectors_fn, params, catalog=job.catalog), item_vecs,
-            arrays, batch_size=int(cfg.eval.batch_size), ks=tuple(cfg.eval.ks),
-            exclude_history=bool(cfg.eval.exclude_history), chunk=int(cfg.eval.item_chunk),
-            dataset=job.data.spec["dataset"], split=split, put=job.put)
+            arrays, ks=tuple(cfg.eval.ks), exclude_history=bool(cfg.eval.exclude_history),
+            chunk=job.eval_chunk, num_items=int(job.data.spec["num_items"]),
+            shards=job.item_shards, item_sharding=job.item_sharding, **common)
     return evaluate_ranking(functools.partial(job.scores_fn, params, catalog=job.catalog),
-                            arrays, batch_size=int(cfg.eval.batch_size),
-                            group_size=job.group_size, task_names=tuple(cfg.tasks),
-                            dataset=job.data.spec["dataset"], split=split, put=job.put)
+                            arrays, group_size=job.group_size, task_names=tuple(cfg.tasks),
+                            **common)
 
 
 def headline(result: dict, config) -> float:
@@ -250,11 +366,16 @@ _PREEMPTION = _Preemption()
 
 def _save_config(config, workdir: Path) -> None:
     path = workdir / "config.json"
-    text = config.to_json_best_effort(indent=1)
+    saved = config.copy_and_resolve_references()
+    if "distributed" in saved:  # per process: `onepiece eval` takes it from the environment
+        saved.distributed.process_id = -1
+    text = saved.to_json_best_effort(indent=1)
     if path.is_file() and json.loads(path.read_text()).get("model") != json.loads(text)["model"]:
         raise ConfigError(f"{workdir} holds a run with a different config.model; use a new "
                           "--workdir or the same model config to resume")
-    path.write_text(text)
+    distributed.barrier("config checked")  # every process compared before process 0 writes
+    if distributed.is_primary():
+        path.write_text(text)
 
 
 def load_workdir_config(workdir: str | Path) -> ml_collections.ConfigDict:
@@ -291,8 +412,9 @@ def train_and_evaluate(config, workdir: str | Path, *, progress: bool = True,
     steps ``S .. S + debug_nan_steps - 1`` by NaN inside the jitted step (``_debug_loss_scale``),
     so fault handling can be exercised end to end.
     """
+    distributed.initialize(config.get("distributed", {}))
     with _PREEMPTION:
-        return _train_and_evaluate(config, workdir, progress=progress,
+        return _train_and_evaluate(config, workdir, progress=progress and distributed.is_primary(),
                                    preempt_at_step=preempt_at_step)
 
 
@@ -304,37 +426,38 @@ def _train_and_evaluate(config, workdir: str | Path, *, progress: bool,
     _save_config(config, workdir)
     job = make_job(config, workdir)
     tcfg = config.train
-    train_arrays = job.data.load_split("train")
+    train_arrays = _train_split(job)
     val_arrays = job.data.load_split("validation")
     it = BatchIterator(train_arrays, int(tcfg.batch_size), shuffle=True, seed=int(config.seed),
-                       group_size=job.group_size, drop_remainder=True)
+                       group_size=job.group_size, drop_remainder=True,
+                       rows=job.rows(int(tcfg.batch_size)))
     steps_per_epoch = it.batches_per_epoch()
     if steps_per_epoch == 0:
         raise ConfigError(f"config.train.batch_size={tcfg.batch_size} exceeds the "
-                          f"{train_arrays['user'].shape[0]} training examples")
+                          f"{num_rows(train_arrays)} training examples")
     total_steps = int(tcfg.epochs) * steps_per_epoch
     if tcfg.max_steps:
         total_steps = min(total_steps, int(tcfg.max_steps))
     optimizer = make_optimizer(tcfg, total_steps)
     rng = jax.random.key(int(config.seed))
     init_rng, step_rng = jax.random.split(rng)
-    state = init_state(job.model, optimizer, job.example_batch(train_arrays), job.catalog,
-                       init_rng)
-    state = jax.device_put(state, replicated(job.mesh))
+    example = job.example_batch(train_arrays)
+    shardings = job.state_shardings(optimizer, example)
+    state = init_state(job.model, optimizer, example, job.catalog, init_rng, shardings)
     _check_space(workdir, state, int(tcfg.keep_checkpoints))
     ckpts = Checkpoints(workdir, int(tcfg.keep_checkpoints))
     book = {"history": [], "best": None, "bad_epochs": 0, "iterator": it.get_state(),
             "seed": int(config.seed), "skipped_nonfinite": 0, "train_seconds": 0.0}
     if ckpts.steps("latest"):
-        state, book, step = ckpts.restore(state)
-        state = jax.device_put(state, replicated(job.mesh))
+        state, book, step = ckpts.restore(state)  # into the shardings of the template
         it.set_state(book["iterator"])
         print(f"resumed from step {step} (epoch {book['iterator']['epoch']}, batch "
               f"{book['iterator']['position']})", flush=True)
-    else:
+    elif distributed.is_primary():
         (workdir / "params.txt").write_text(param_summary(state.params))
-    train_step = make_train_step(job.model, job.objective, optimizer, job.mesh)
-    writer = SummaryWriter(str(workdir / "tb")) if jax.process_index() == 0 else None
+    train_step = make_train_step(job.model, job.objective, optimizer, job.mesh, shardings,
+                                 job.catalog_sharding)
+    writer = SummaryWriter(str(workdir / "tb")) if distributed.is_primary() else None
     step = int(state.step)
     done = step >= total_steps or book["bad_epochs"] >= int(tcfg.early_stop_patience)
     bar = tqdm.tqdm(total=total_steps, initial=step, disable=not progress, unit="step",
@@ -389,7 +512,8 @@ def _train_and_evaluate(config, workdir: str | Path, *, progress: bool,
             done = (step >= total_steps
                     or book["bad_epochs"] >= int(tcfg.early_stop_patience))
     bar.close()
-    (workdir / "history.json").write_text(json.dumps(book["history"], indent=1))
+    if distributed.is_primary():
+        (workdir / "history.json").write_text(json.dumps(book["history"], indent=1))
     results = evaluate_workdir(workdir, split="test", checkpoint="best", job=job)
     if writer is not None:
         writer.close()
@@ -454,6 +578,8 @@ def _log(writer, bar, metrics, step: int, rate: float, last_val: float, config) 
         writer.add_scalar("train/examples_per_s", rate, step)
     shown = {"loss": f"{scalars['loss']:.4f}", "ex/s": f"{rate:.0f}",
              f"val {config.train.early_stop_metric}": f"{last_val:.4f}"}
+    if not distributed.is_primary():
+        return
     if bar.disable:
         print(f"step {step} " + " ".join(f"{k} {v}" for k, v in shown.items()), flush=True)
     else:
@@ -468,6 +594,8 @@ def _log_validation(writer, result: dict, step: int, epoch: int, config) -> None
         writer.flush()
     shown = " ".join(f"{k} {v:.4f}" for k, v in metrics.items()
                      if k.split("@")[0] in ("NDCG", "HR") or k.endswith("AUC"))
+    if not distributed.is_primary():
+        return
     tqdm.tqdm.write(f"epoch {epoch} step {step} | validation {shown} | {result['protocol']}",
                     file=sys.stdout)
 
@@ -483,21 +611,23 @@ def evaluate_workdir(workdir: str | Path, *, split: str = "test", checkpoint: st
     """
     workdir = Path(workdir)
     if job is None:
-        job = make_job(load_workdir_config(workdir), workdir)
+        config = load_workdir_config(workdir)
+        distributed.initialize(config.get("distributed", {}))
+        job = make_job(config, workdir)
     if exclude_history is not None:
         job.config.eval.exclude_history = bool(exclude_history)
     arrays = job.data.load_split(split)
-    template = init_state(job.model, make_optimizer(job.config.train, 1),
-                          job.example_batch(arrays), job.catalog, jax.random.key(0))
+    template = job.state_template(make_optimizer(job.config.train, 1), job.example_batch(arrays))
     ckpts = Checkpoints(workdir, int(job.config.train.keep_checkpoints))
     state, _, step = ckpts.restore(template, checkpoint)
     result = evaluate_split(job, state.params, arrays, split)
     result["checkpoint"] = {"which": checkpoint, "step": step}
-    if write:
+    if write and distributed.is_primary():
         text = json.dumps(result, indent=1)
         (workdir / "results.json").write_text(text)
         kept = "excluded" if job.config.eval.exclude_history else "included"
         (workdir / "results").mkdir(exist_ok=True)
         (workdir / "results" / f"{split}-history-{kept}.json").write_text(text)
-    print(json.dumps(result), flush=True)
+    if distributed.is_primary():
+        print(json.dumps(result), flush=True)
     return result

@@ -8,6 +8,7 @@ retrieval sums ``BCE + U2I + I2U`` over the supervised (step, task) pairs, ranki
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -93,17 +94,26 @@ def retrieval_pool(objective: Objective, batch: dict, tables: negatives.Negative
 
 def compute_loss(objective: Objective, model, params: Any, batch: dict, catalog: dict,
                  tables: negatives.NegativeTables, key: jax.Array,
-                 train: bool = True) -> tuple[jax.Array, dict[str, jax.Array]]:
-    """Scalar loss and named components; pure, so ``jax.grad`` and ``jit`` see all of it."""
+                 train: bool = True,
+                 gather: Callable[[Any, int], Any] | None = None
+                 ) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """Scalar loss and named components; pure, so ``jax.grad`` and ``jit`` see all of it.
+
+    ``gather(tree, axis)`` (the legacy ``pmap`` step, ``train.step.make_pmap_train_step``) collects
+    a per-device tree along the batch ``axis`` from every device: the model runs on the local
+    rows, the losses on the whole batch, because U2I/I2U and in-batch negatives span examples.
+    """
     dropout_key, negative_key = jax.random.split(key)
     variables = {"params": params}
     rngs = {"dropout": dropout_key} if train else {}
     out = model.apply(variables, batch, catalog, train=train, rngs=rngs)
+    if gather is not None:
+        out, batch = gather(out, 1), gather(batch, 0)  # outputs are [K+1, B, ...]
     mask = batch["example_mask"]
     metrics: dict[str, jax.Array] = {}
     total = jnp.zeros((), jnp.float32)
     if objective.kind == "next_item_softmax":
-        n = catalog["item"]["item_id"].shape[0]
+        n = tables.num_items + 1  # not the catalog's rows: those may be padded for sharding
         table = model.apply(variables, jnp.arange(n, dtype=jnp.int32), catalog,
                             method="item_vectors")
         total = losses.next_item_softmax_loss(out["user_vectors"][objective.served_step], table,

@@ -7,7 +7,8 @@
 * ``numbers.npz``: ``grad/<path>`` (``jax.grad`` of ``compute_loss`` on the first batch, params
   replicated and batch sharded), ``metric/<name>`` (every metric of the first train step) and
   ``param/<path>`` (the parameters after three train steps);
-* ``info.json``: the device count, mesh shape and the per-device shard shape of each batch array.
+* ``info.json``: the device count, mesh shape, the per-device shard shape of each batch array and
+  the loss of each of ``LOSS_STEPS`` train steps.
 
 ``XLA_FLAGS`` must carry ``--xla_force_host_platform_device_count`` before jax is imported; the
 test sets it in the subprocess environment and this script checks it took effect.
@@ -16,18 +17,17 @@ test sets it in the subprocess environment and this script checks it took effect
 from __future__ import annotations
 
 import json
-import os
 import sys
 from pathlib import Path
 
-STEPS = 3
+from tests.parallel.subproc import force_host_devices
+
+STEPS = 3  # parameters compared after this many steps
+LOSS_STEPS = 5  # loss curve compared over this many
 
 
 def main(build_dir: str, out_dir: str, devices: int) -> None:
-    flag = f"--xla_force_host_platform_device_count={devices}"
-    if flag not in os.environ.get("XLA_FLAGS", ""):
-        os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + flag).strip()
-    os.environ.setdefault("JAX_PLATFORMS", "cpu")
+    force_host_devices(devices)
 
     import jax
     import numpy as np
@@ -44,7 +44,7 @@ def main(build_dir: str, out_dir: str, devices: int) -> None:
     assert jax.device_count() == devices, (jax.device_count(), devices)
     out = Path(out_dir)
     cfg = tiny_config(build_dir)
-    cfg.mesh.data = devices
+    cfg.mesh.shape = (devices, 1)
     # Dropout on, so the dropout key (not only the negative-sampling key) must agree across meshes.
     cfg.model.dropout = 0.1
     job = make_job(cfg, out / "work")
@@ -53,7 +53,7 @@ def main(build_dir: str, out_dir: str, devices: int) -> None:
     train = job.data.load_split("train")
     it = BatchIterator(train, int(cfg.train.batch_size), shuffle=True, seed=int(cfg.seed),
                        group_size=job.group_size, drop_remainder=True)
-    batches = [device_batch(next(it)) for _ in range(STEPS)]
+    batches = [device_batch(next(it)) for _ in range(LOSS_STEPS)]
     optimizer = make_optimizer(cfg.train, total_steps=100)
     init_rng, step_rng = jax.random.split(jax.random.key(int(cfg.seed)))
     # Jitted only to save the op-by-op dispatch of an eager init; the values are the same.
@@ -75,22 +75,26 @@ def main(build_dir: str, out_dir: str, devices: int) -> None:
     grads = jax.jit(grad_fn, in_shardings=(rep, data, rep, rep, rep), out_shardings=rep)(
         state.params, first, job.catalog, job.tables, step_rng)
 
-    train_step = make_train_step(job.model, job.objective, optimizer, job.mesh)
-    first_metrics = None
-    for i, batch in enumerate(batches):
-        state, metrics = train_step(state, first if i == 0 else put_batch(batch, job.mesh),
-                                    job.catalog, job.tables, step_rng)
-        first_metrics = metrics if first_metrics is None else first_metrics
-    assert int(state.step) == STEPS
-
     def flat(prefix, tree):
         leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
         return {prefix + jax.tree_util.keystr(p): np.asarray(v) for p, v in leaves}
 
-    arrays = {**flat("grad", grads), **flat("param", state.params),
+    train_step = make_train_step(job.model, job.objective, optimizer, job.mesh)
+    first_metrics, losses = None, []
+    for i, batch in enumerate(batches):
+        state, metrics = train_step(state, first if i == 0 else put_batch(batch, job.mesh),
+                                    job.catalog, job.tables, step_rng)
+        first_metrics = metrics if first_metrics is None else first_metrics
+        losses.append(float(metrics["loss"]))
+        if i + 1 == STEPS:
+            params = flat("param", state.params)
+    assert int(state.step) == LOSS_STEPS
+
+    arrays = {**flat("grad", grads), **params,
               **{f"metric/{k}": np.asarray(v) for k, v in first_metrics.items()}}
     np.savez(out / "numbers.npz", **arrays)
     info = {"devices": jax.device_count(), "mesh": dict(job.mesh.shape), "shards": shards,
+            "losses": losses,
             "param_sharding_replicated": all(
                 x.sharding.is_fully_replicated for x in jax.tree.leaves(state.params)),
             "rejections": rejections(cfg, out, make_job, make_mesh, check_batch_size)}
@@ -110,7 +114,7 @@ def rejections(cfg, out: Path, make_job, make_mesh, check_batch_size) -> dict:
 
     bad = cfg.copy_and_resolve_references()
     bad.train.batch_size = 60
-    bad.mesh.data = -1
+    bad.mesh.shape = (-1, 1)
     return {
         "mesh 3x2": message(lambda: make_mesh(3, 2)),
         "mesh 16x1": message(lambda: make_mesh(16, 1)),

@@ -12,9 +12,7 @@ where float32 itself resolves only ~1e-5): ``max|a - b| <= 1e-5 * max(1, max|a|)
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -23,24 +21,16 @@ import numpy as np
 import pytest
 
 from onepiece_jax.parallel.mesh import check_batch_size, make_mesh
+from tests.parallel.subproc import launch
 from tests.train.conftest import planted_build  # noqa: F401  (session fixture, reused)
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 DEVICES = 8
 TOL = 1e-5
 
 
 def _launch(build_dir: Path, out: Path, devices: int) -> subprocess.Popen:
     out.mkdir(parents=True, exist_ok=True)
-    flags = [f for f in os.environ.get("XLA_FLAGS", "").split()
-             if not f.startswith("--xla_force_host_platform_device_count")]
-    env = {**os.environ, "JAX_PLATFORMS": "cpu",
-           "XLA_FLAGS": " ".join([*flags, f"--xla_force_host_platform_device_count={devices}"]),
-           "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT),
-                                                       os.environ.get("PYTHONPATH")]))}
-    return subprocess.Popen(
-        [sys.executable, "-m", "tests.parallel.dp_worker", str(build_dir), str(out), str(devices)],
-        cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    return launch("tests.parallel.dp_worker", build_dir, out, devices, devices=devices)
 
 
 @pytest.fixture(scope="module")
@@ -115,11 +105,19 @@ def test_parameters_after_three_steps_match(runs):
     assert err <= TOL, (err, name)
 
 
+def test_loss_curve_over_five_steps_matches(runs):
+    """Mesh (8, 1) of issue #6's acceptance (meshes (1, 8) and (2, 4): test_sharded_training)."""
+    one, many = runs[1][1]["losses"], runs[DEVICES][1]["losses"]
+    assert len(one) == len(many) == 5 and one[-1] < one[0]
+    for step, (a, b) in enumerate(zip(one, many, strict=True)):
+        assert abs(a - b) <= TOL * max(1.0, abs(a)), (step, a, b)
+
+
 def test_mesh_and_batch_size_rejections_on_eight_devices(runs):
     msg = runs[DEVICES][1]["rejections"]
     for key in ("mesh 3x2", "mesh 16x1"):
         assert "config.mesh" in msg[key] and "8 available devices" in msg[key], msg[key]
-    assert "config.mesh.model=3" in msg["mesh -1x3"], msg["mesh -1x3"]
+    assert "config.mesh.shape=(-1, 3)" in msg["mesh -1x3"], msg["mesh -1x3"]
     assert msg["mesh 4x2"] is None and msg["mesh -1x2"] is None
     assert "config.train.batch_size=60" in msg["batch 60 on data=-1x1"]
     assert "8 devices" in msg["batch 60 on data=-1x1"]
