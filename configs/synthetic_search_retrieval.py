@@ -29,6 +29,7 @@ def get_config():
     c.context.pa_group_size = 10
     c.context.pa_window_seconds = 30 * 86400
     c.context.pool_window = 5
+    c.context.train_fraction = 1.0  # < 1: a nested user subset trains (data-scaling curves)
     c.model.reasoning_steps = 3
     c.train.batch_size = 256
     c.train.early_stop_metric = "NDCG@10"

@@ -145,8 +145,104 @@ def _add_train_parser(subparsers: argparse._SubParsersAction) -> None:
     qs.set_defaults(handler=_quickstart)
 
 
+def _experiment(args: argparse.Namespace) -> int:
+    from onepiece_jax.experiments.runner import SuitePreempted, run_suite
+    from onepiece_jax.experiments.suites import SUITES
+    from onepiece_jax.train.loop import NonFiniteError
+
+    if args.list:
+        for suite in SUITES.values():
+            print(f"{suite.name:20s} {suite.paper:18s} {len(suite.variants):3d} variants  "
+                  f"{suite.title}")
+        return 0
+    if not args.suite:
+        raise ValueError("--suite NAME is required (see --list)")
+    try:
+        run_suite(args.suite, seeds=args.seeds, budget=args.budget, out=args.out,
+                  data_dir=args.data_dir, reports=args.reports, report_only=args.report_only)
+    except SuitePreempted as e:
+        print(str(e), flush=True)
+    except NonFiniteError as e:
+        print(f"error: {e} ({'; '.join(getattr(e, '__notes__', []))})", file=sys.stderr)
+        return EXIT_NONFINITE
+    return 0
+
+
+def _add_experiment_parser(subparsers: argparse._SubParsersAction) -> None:
+    """``onepiece experiment``: a paper table's suite of configs × seeds, then its report."""
+    ex = subparsers.add_parser(
+        "experiment", help="train and evaluate a suite of configs x seeds (resumable, cached), "
+                           "then write reports/NAME/report.md with plots")
+    ex.add_argument("--suite", help="suite name (see --list)")
+    ex.add_argument("--seeds", type=int, default=None,
+                    help="seeds 0..N-1 (default: 1 for --budget small, 3 for full)")
+    ex.add_argument("--budget", default="small",
+                    help="small (a smoke run of every config), full (the reports), tiny (tests)")
+    ex.add_argument("--out", type=Path, default=Path("runs/experiments"),
+                    help="where runs, builds and synthetic logs go")
+    ex.add_argument("--data-dir", type=Path, default=Path("data"),
+                    help="folder with the public datasets (ml-100k/, amazon-s3rec/Beauty.txt, "
+                         "taobao-userbehavior-slice/UserBehavior.csv)")
+    ex.add_argument("--reports", type=Path, default=Path("reports"))
+    ex.add_argument("--report-only", action="store_true",
+                    help="write the report from the finished runs, train nothing")
+    ex.add_argument("--list", action="store_true", help="list the suites and exit")
+    ex.set_defaults(handler=_experiment)
+
+
+def _export(args: argparse.Namespace) -> int:
+    from onepiece_jax.export.bundle import export_workdir
+
+    manifest = export_workdir(args.workdir, args.out, checkpoint=args.checkpoint,
+                              platforms=[p for p in args.platforms.split(",") if p],
+                              items_dtype=args.items_dtype)
+    print(json.dumps({"bundle": str(args.out), "model": manifest["model"]["version"],
+                      "functions": sorted(manifest["functions"]),
+                      "files": {k: v["bytes"] for k, v in manifest["files"].items()}}))
+    return 0
+
+
+def _serve_check(args: argparse.Namespace) -> int:
+    from onepiece_jax.export.check import serve_check
+
+    sizes = [int(s) for s in args.batch_sizes.split(",") if s]
+    report = serve_check(args.bundle, data=args.data, workdir=args.workdir, split=args.split,
+                         batch_sizes=sizes, tolerance=args.tolerance)
+    for row in report["rows"]:
+        print(f"{row['function']:<11} batch {row['batch']:>4} ({row['real_rows']:>4} real rows)"
+              f"  max |bundle - in-process| = {row['max_abs']:.3g}")
+    print(json.dumps(report))
+    return 0 if report["ok"] else 1
+
+
+def _add_export_parser(subparsers: argparse._SubParsersAction) -> None:
+    """``onepiece export`` and ``onepiece serve-check``: serving bundles (see export/bundle.py)."""
+    ex = subparsers.add_parser("export", help="write a serving bundle of a workdir's checkpoint "
+                                              "(jax.export functions, weights, item vectors, "
+                                              "manifest)")
+    ex.add_argument("--workdir", required=True, type=Path)
+    ex.add_argument("--checkpoint", default="best", help="best | latest | STEP")
+    ex.add_argument("--out", required=True, type=Path, help="a new or empty directory")
+    ex.add_argument("--platforms", default="cpu",
+                    help="comma-separated: cpu, cuda, rocm, tpu (one artefact runs on each)")
+    ex.add_argument("--items-dtype", default="float32", choices=["float32", "bfloat16"])
+    ex.set_defaults(handler=_export)
+
+    check = subparsers.add_parser("serve-check", help="run a bundle without flax or onepiece_jax "
+                                                      "and compare it with the in-process model")
+    check.add_argument("bundle", type=Path)
+    check.add_argument("--data", type=Path, default=None,
+                       help="dataset build to draw examples from (default: the bundle's)")
+    check.add_argument("--workdir", type=Path, default=None,
+                       help="where the checkpoint is (default: the bundle's workdir)")
+    check.add_argument("--split", default="test", choices=["train", "validation", "test"])
+    check.add_argument("--batch-sizes", default="1,7,128")
+    check.add_argument("--tolerance", type=float, default=1e-5)
+    check.set_defaults(handler=_serve_check)
+
+
 COMMAND_GROUPS: list[Callable[[argparse._SubParsersAction], None]] = [
-    _add_data_parser, _add_train_parser]
+    _add_data_parser, _add_train_parser, _add_experiment_parser, _add_export_parser]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -43,6 +43,11 @@ class ContextConfig:
     max_candidates: int = 96  # ranking: candidates per request, padded (a multiple of C)
     val_fraction: float = 0.1  # ranking: time split
     test_fraction: float = 0.1
+    # Training-data scaling (experiments' data_scaling suite): only the users of a fixed hash
+    # subset of this size give training examples; validation and test stay whole. Not in
+    # base_config (adding it would change the build key of every existing build): a config
+    # file that wants it sets ``c.context.train_fraction``.
+    train_fraction: float = 1.0
 
     @classmethod
     def from_config(cls, cfg) -> ContextConfig:
@@ -112,6 +117,8 @@ def validate_tasks(log: EventLog, cfg: ContextConfig) -> None:
         raise ValueError(f"config context.pa_key='query': dataset {log.dataset} has no queries")
     if cfg.pa_key not in ("global", "query"):
         raise ValueError(f"config context.pa_key={cfg.pa_key!r}: expected 'global' or 'query'")
+    if not 0.0 < cfg.train_fraction <= 1.0:
+        raise ValueError(f"config context.train_fraction={cfg.train_fraction}: must be in (0, 1]")
 
 
 class ContextBuilder:
@@ -299,9 +306,18 @@ class ContextBuilder:
             yield f"r{r}", ex
 
     def examples(self, split: str) -> Iterator[tuple[str, dict]]:
-        if self.cfg.mode == "ranking":
-            return self.ranking_examples(split)
-        return self.retrieval_examples(split)
+        found = (self.ranking_examples(split) if self.cfg.mode == "ranking"
+                 else self.retrieval_examples(split))
+        fraction = self.cfg.train_fraction
+        if split != "train" or fraction >= 1.0:
+            return found
+        return ((key, ex) for key, ex in found if in_user_fraction(int(ex["user"]), fraction))
+
+
+def in_user_fraction(user: int, fraction: float) -> bool:
+    """Whether ``user`` is in the hash subset of size ``fraction``; subsets are nested (the
+    10% users are among the 20%), so a scaling curve only ever adds training users."""
+    return (user * 2654435761) % 2**32 < fraction * 2**32
 
 
 def sessions_to_requests(log: EventLog, *, session_seconds: int, negatives: int,

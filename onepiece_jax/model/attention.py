@@ -19,6 +19,11 @@ import numpy as np
 from onepiece_jax.model.config import ModelConfig
 
 _INIT = nn.initializers.normal(stddev=0.02)
+# Analysis hook, off unless asked for: with ``model.apply(..., mutable=[CAPTURE])`` every attention
+# call sows its weights ``f32[B, H, Q, S]`` (base pass, then one entry per reasoning step), which
+# ``experiments/attention.py`` turns into per-segment maps. Training and serving never make the
+# collection mutable, so they run exactly the code below without the extra softmax.
+CAPTURE = "attention"
 
 
 class KVCache(NamedTuple):
@@ -49,6 +54,10 @@ class SelfAttention(nn.Module):
     config: ModelConfig
     max_distance: int
 
+    def _capturing(self) -> bool:
+        # init makes every collection mutable; the hook is for apply(..., mutable=[CAPTURE])
+        return self.is_mutable_collection(CAPTURE) and not self.is_initializing()
+
     @nn.compact
     def __call__(self, x: jnp.ndarray, mask: jnp.ndarray, cache: KVCache | None,
                  q_pos: np.ndarray, k_pos: np.ndarray) -> tuple[jnp.ndarray, KVCache]:
@@ -63,6 +72,10 @@ class SelfAttention(nn.Module):
                                   name="qkv")(x)
             query, key, value = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
             cache = _extend(cache, key, value)
+            if self._capturing():
+                logits = jnp.einsum("bqhd,bkhd->bhqk", query, cache.key,
+                                    preferred_element_type=jnp.float32) / np.sqrt(head_dim)
+                self.sow(CAPTURE, "weights", jax.nn.softmax(jnp.where(mask, logits, -1e30)))
             out = jax.nn.dot_product_attention(query, cache.key, cache.value, mask=mask,
                                                implementation=cfg.attention_impl)
             return nn.DenseGeneral(cfg.d_model, axis=(-2, -1), dtype=cfg.dtype, kernel_init=_INIT,
@@ -78,6 +91,8 @@ class SelfAttention(nn.Module):
                             preferred_element_type=jnp.float32) + bias
         visible = mask.astype(jnp.float32)
         weights = nn.silu(logits) * visible / jnp.maximum(visible.sum(-1, keepdims=True), 1.0)
+        if self._capturing():
+            self.sow(CAPTURE, "weights", weights)
         mixed = jnp.einsum("bhqk,bkhd->bqhd", weights.astype(cfg.dtype), cache.value)
         normed = nn.LayerNorm(dtype=jnp.float32, name="norm")(mixed.reshape(b, q_len, -1))
         gated = normed.astype(cfg.dtype) * gate.reshape(b, q_len, -1)

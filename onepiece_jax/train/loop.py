@@ -87,7 +87,8 @@ class WorkdirError(ValueError):
 
 
 # --------------------------------------------------------------------------- data
-def _build_key(config) -> dict:
+def build_key(config) -> dict:
+    """What identifies a dataset build: two configs with equal keys can share one build."""
     return {"dataset": config.dataset.to_dict(), "context": config.context.to_dict(),
             "mode": config.mode, "tasks": list(config.tasks), "seed": config.seed}
 
@@ -100,7 +101,7 @@ def ensure_built(config, workdir: Path, log: EventLog | None = None) -> Path:
     wait, then every process reads it: the build directory must be on a shared filesystem.
     """
     out = Path(config.dataset.build_dir) if config.dataset.build_dir else workdir / "data"
-    key = json.loads(json.dumps(_build_key(config)))
+    key = json.loads(json.dumps(build_key(config)))
     stamp = out / "build_key.json"
     if jax.process_count() > 1 and not distributed.is_primary():
         distributed.barrier("dataset built")  # process 0 builds (or checks) it, the rest wait
@@ -600,6 +601,18 @@ def _log_validation(writer, result: dict, step: int, epoch: int, config) -> None
                     file=sys.stdout)
 
 
+def restore_state(job: Job, arrays: dict, checkpoint: str = "best") -> tuple:
+    """``(state, step)``: a workdir's checkpoint restored straight into the job's shardings
+    (``arrays``, a loaded split, fixes the example shapes of the template)."""
+    template = job.state_template(make_optimizer(job.config.train, 1), job.example_batch(arrays))
+    ckpts = Checkpoints(job.workdir, int(job.config.train.keep_checkpoints))
+    try:
+        state, _, step = ckpts.restore(template, checkpoint)
+    finally:
+        ckpts.close()
+    return state, step
+
+
 def evaluate_workdir(workdir: str | Path, *, split: str = "test", checkpoint: str = "best",
                      job: Job | None = None, write: bool = True,
                      exclude_history: bool | None = None) -> dict:
@@ -617,9 +630,7 @@ def evaluate_workdir(workdir: str | Path, *, split: str = "test", checkpoint: st
     if exclude_history is not None:
         job.config.eval.exclude_history = bool(exclude_history)
     arrays = job.data.load_split(split)
-    template = job.state_template(make_optimizer(job.config.train, 1), job.example_batch(arrays))
-    ckpts = Checkpoints(workdir, int(job.config.train.keep_checkpoints))
-    state, _, step = ckpts.restore(template, checkpoint)
+    state, step = restore_state(job, arrays, checkpoint)
     result = evaluate_split(job, state.params, arrays, split)
     result["checkpoint"] = {"which": checkpoint, "step": step}
     if write and distributed.is_primary():

@@ -85,6 +85,21 @@ def test_leave_one_out_splits_hold_last_two_events_per_user():
     assert len(train) == n_train_targets
 
 
+def test_train_fraction_keeps_a_nested_user_subset_of_training_examples_only():
+    log = make_log(users=300, events=6000)
+    full = ContextBuilder(log, ContextConfig(ih_max_len=4))
+    train_users = {}
+    for fraction in (0.25, 0.5, 1.0):
+        b = ContextBuilder(log, ContextConfig(ih_max_len=4, train_fraction=fraction))
+        train_users[fraction] = {int(ex["user"]) for _, ex in b.examples("train")}
+        for split in ("validation", "test"):  # evaluation stays whole
+            assert [k for k, _ in b.examples(split)] == [k for k, _ in full.examples(split)]
+    assert train_users[0.25] < train_users[0.5] < train_users[1.0]
+    assert 0.15 < len(train_users[0.25]) / len(train_users[1.0]) < 0.35
+    with pytest.raises(ValueError, match="train_fraction"):
+        ContextBuilder(log, ContextConfig(train_fraction=0.0))
+
+
 @pytest.mark.parametrize("key", ["global"])
 def test_anchors_never_come_from_the_future(key):
     star, star_time = 40, 20 * DAY

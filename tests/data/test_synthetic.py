@@ -71,16 +71,32 @@ def test_planted_user_preference(log):
     assert _click_lift(log, other[cand_user]) < 1.6
 
 
-def test_planted_query_category(log):
-    """A query's terms pin down the category: most events under a query share one leaf."""
+def _query_leaf_share(log) -> float:
+    """Share of query-carrying events whose leaf is the most common leaf of their query."""
     leaf = log.item_features["cate_4"].values[:, 0]
     with_query = log.query > 0
     pairs = np.unique(np.stack([log.query[with_query], leaf[log.item[with_query]]]), axis=1,
                       return_counts=True)
     top = np.zeros(log.num_queries + 1, np.int64)
     np.maximum.at(top, pairs[0][0], pairs[1])
-    assert top.sum() / with_query.sum() > 0.5
-    assert top.sum() / with_query.sum() > 10 / SynthConfig().num_leaves
+    return top.sum() / with_query.sum()
+
+
+def test_planted_query_category(log):
+    """A query's terms pin down the category: most events under a query share one leaf."""
+    share = _query_leaf_share(log)
+    assert share > 0.5 and share > 10 / SynthConfig().num_leaves
+
+
+def test_query_intent_switch_removes_the_query_category_link(log, tmp_path):
+    """Control world: queries name random leaves, so a query no longer pins its events' leaf,
+    while the user-preference signal is untouched."""
+    path = generate_synthetic(tmp_path, num_users=300, num_items=2000, seed=7,
+                              config=SynthConfig(query_intent=False))
+    control = read_dataset("jdsearch", path)
+    assert _query_leaf_share(log) > 0.8 and _query_leaf_share(control) < 0.5  # small-count floor
+    r = control.requests
+    assert _click_lift(control, np.repeat(r.user, np.diff(r.offsets))) > 2.5
 
 
 def test_funnel_is_a_funnel(log):

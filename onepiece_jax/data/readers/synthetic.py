@@ -15,13 +15,17 @@ What is planted (all knobs in :class:`SynthConfig`):
 - **Queries** are tied to categories: a leaf's queries are the term of its cate_2 node, the term
   of the leaf and (for variants > 0) a modifier term, so query terms reveal the category.
   ``no_query_rate`` of history sessions are query-less (feed) sessions, written ``-1``.
+  Control switch ``query_intent=False``: each query names a random leaf, independent of the
+  session's leaf (the user's real intent, which still drives clicks), so queries — and anchors
+  keyed by query — carry no intent; the experiments use it to check that the SD gain vanishes.
 - **Impressions**: each session shows ``candidates`` items, mostly from the session's leaf, some
   from a sibling leaf (same cate_3) or any leaf (``candidate_mix``). Within a leaf, items are drawn
   by a power-law popularity whose ranking rotates over time (``drift``: the fraction of a leaf
   the popularity peak travels over the horizon), so popularity drifts and recency matters.
 - **Funnel** impression → click → cart → order: click odds rise with the user's preference for
-  the item's leaf, a match with the query's leaf and the qualities; cart | click and
-  order | cart have their own base rates. ``follow_rate`` of carts are written as FLW.
+  the item's leaf, a match with the session's leaf (the one its query names) and the qualities;
+  cart | click and order | cart have their own base rates. ``follow_rate`` of carts are written
+  as FLW.
 - **Time**: every user starts at an absolute offset on one shared clock (the first entry of
   ``history_time_list``, where the real data has 0), sessions follow with exponential gaps and the
   user's last session is the test search (its candidates and labels are the ranking request).
@@ -72,7 +76,8 @@ class SynthConfig:
     drift: float = 0.5
     click_rate: float = 0.01  # base click probability of an unremarkable impression
     pref_boost: float = 2.0  # click logit added when the item's leaf is a user preference
-    query_boost: float = 1.0  # click logit added when the item's leaf is the query's leaf
+    query_boost: float = 1.0  # click logit added in a search session for items of its leaf
+    query_intent: bool = True  # False: queries name a random leaf (control: no query intent)
     cart_rate: float = 0.2
     order_rate: float = 0.2
     follow_rate: float = 0.1
@@ -220,7 +225,8 @@ class _World:
         s_leaf = np.where(rng.random(n_s) < cfg.explore_rate,
                           rng.choice(leaves, size=n_s, p=self.leaf_p), prefs[s_user, pick])
         has_query = is_test | (rng.random(n_s) >= cfg.no_query_rate)
-        s_query = np.where(has_query, s_leaf * cfg.queries_per_leaf
+        q_leaf = s_leaf if cfg.query_intent else rng.choice(leaves, size=n_s, p=self.leaf_p)
+        s_query = np.where(has_query, q_leaf * cfg.queries_per_leaf
                            + rng.integers(cfg.queries_per_leaf, size=n_s), -1)
         # impressions
         c_sess = np.repeat(np.arange(n_s), cfg.candidates)

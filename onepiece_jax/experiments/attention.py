@@ -1,0 +1,167 @@
+"""Attention maps by segment (paper App. C): how much each segment's tokens attend to each segment.
+
+For a trained workdir, one validation batch is run through the best checkpoint with the model's
+attention capture switched on (``model.attention.CAPTURE``). The base pass and the K KV-cached
+reasoning steps give, per layer, one attention matrix over ``[base ; R1 .. RK]``; each row's
+weights are summed over the key tokens of every segment (IH, PA, SD, CIS, R1..RK) and averaged
+over the valid query tokens of the row's segment and over the batch. The result,
+``f32[layers, heads, segments, segments]`` with rows summing to 1 (softmax attention), is saved as
+``WORKDIR/attention.npz`` and plotted as one grid of heatmaps per mode.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+MAX_EXAMPLES = 256
+
+
+def segment_layout(layout, steps: int) -> tuple[list[str], np.ndarray]:
+    """Segment names present and the segment index of every token of ``[base ; R1..RK]``."""
+    sizes = [("IH", layout.ih), ("PA", layout.pa), ("SD", layout.sd), ("CIS", layout.cis)]
+    sizes += [(f"R{k}", layout.block_rows) for k in range(1, steps + 1)]
+    names = [name for name, size in sizes if size]
+    ids = np.concatenate([np.full(size, names.index(name), np.int32)
+                          for name, size in sizes if size])
+    return names, ids
+
+
+def assemble(pieces: Sequence[np.ndarray], base_len: int, rows: int) -> np.ndarray:
+    """The full ``[B, H, T, T]`` matrix (T = N + K·M) of one layer from the captured calls: the
+    base pass ``[B, H, N, N]``, then step k's ``[B, H, M, N + k·M]`` (zeros where a row cannot
+    look: base tokens never see blocks, block k never sees later blocks)."""
+    steps = len(pieces) - 1
+    total = base_len + steps * rows
+    b, h = pieces[0].shape[:2]
+    full = np.zeros((b, h, total, total), np.float32)
+    full[:, :, :base_len, :base_len] = pieces[0]
+    for k, piece in enumerate(pieces[1:], 1):
+        lo = base_len + (k - 1) * rows
+        if piece.shape[2:] != (rows, lo + rows):
+            raise ValueError(f"reasoning step {k}: captured attention of shape {piece.shape}, "
+                             f"expected [B, H, {rows}, {lo + rows}] (KV-cached steps)")
+        full[:, :, lo:lo + rows, :lo + rows] = piece
+    return full
+
+
+def segment_maps(weights: np.ndarray, segment_ids: np.ndarray, valid: np.ndarray,
+                 num_segments: int) -> np.ndarray:
+    """``weights: [B, H, T, T]``, ``valid: bool[B, T]`` → ``[H, S, S]``: entry (a, b) is the mean
+    over valid query tokens of segment a of their total weight on segment b's keys."""
+    onehot = np.eye(num_segments, dtype=np.float64)[segment_ids]  # [T, S]
+    per_row = weights.astype(np.float64) @ onehot  # [B, H, T, S]
+    v = valid.astype(np.float64)
+    numer = np.einsum("bhts,bt,ta->has", per_row, v, onehot)
+    count = np.einsum("bt,ta->a", v, onehot)
+    return (numer / np.maximum(count, 1.0)[None, :, None]).astype(np.float32)
+
+
+def attention_maps(workdir: str | Path, *, split: str = "validation",
+                   examples: int = MAX_EXAMPLES) -> tuple[list[str], np.ndarray]:
+    """Segment names and maps ``f32[L, H, S, S]`` of a workdir's best checkpoint."""
+
+    from onepiece_jax.data.loader import BatchIterator, device_batch
+    from onepiece_jax.model.attention import CAPTURE
+    from onepiece_jax.train.loop import load_workdir_config, make_job, restore_state
+
+    workdir = Path(workdir)
+    job = make_job(load_workdir_config(workdir), workdir)
+    arrays = job.data.load_split(split)
+    state, _ = restore_state(job, arrays, "best")
+    batch = next(BatchIterator(arrays, examples, shuffle=False, seed=0,
+                               group_size=job.group_size, regroup=True))
+    dev = job.put(device_batch(batch))
+    variables = {"params": state.params}
+    _, captured = job.model.apply(variables, dev, job.catalog, train=False, mutable=[CAPTURE])
+    _, valid = job.model.apply(variables, dev, job.catalog, method="embed")
+    cfg = job.model.config
+    layout = cfg.layout()
+    names, ids = segment_layout(layout, cfg.reasoning_steps)
+    rows = layout.block_rows
+    keep = np.asarray(batch["example_mask"])
+    base_valid = np.asarray(valid)[keep]
+    block_valid = np.tile(base_valid[:, layout.length - rows:], (1, cfg.reasoning_steps))
+    full_valid = np.concatenate([base_valid, block_valid], axis=1)
+    layers = captured[CAPTURE]["encoder"]
+    maps = []
+    for i in range(cfg.num_layers):
+        pieces = [np.asarray(p)[keep] for p in layers[f"layer_{i}"]["attn"]["weights"]]
+        full = assemble(pieces, layout.length, rows)
+        maps.append(segment_maps(full, ids, full_valid, len(names)))
+    return names, np.stack(maps)
+
+
+def save_attention_maps(workdir: str | Path) -> Path:
+    names, maps = attention_maps(workdir)
+    path = Path(workdir) / "attention.npz"
+    np.savez(path, maps=maps, segments=np.array(names))
+    return path
+
+
+def plot_attention(maps: np.ndarray, names: Sequence[str], title: str, path: Path) -> None:
+    """A layers × heads grid of segment × segment heatmaps, one shared colour scale."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    layers, heads = maps.shape[:2]
+    fig, axes = plt.subplots(layers, heads, figsize=(2.9 * heads + 1.2, 2.8 * layers + 0.8),
+                             squeeze=False)
+    # grey: cells the mask never lets attend (base tokens -> reasoning blocks)
+    cmap = plt.get_cmap("viridis").with_extremes(bad="lightgrey")
+    image = None
+    for li in range(layers):
+        for hi in range(heads):
+            ax = axes[li, hi]
+            cells = maps[li, hi]
+            image = ax.imshow(np.ma.masked_equal(cells, 0.0), vmin=0.0, vmax=1.0, cmap=cmap)
+            for (qi, ki), value in np.ndenumerate(cells):
+                if value > 0:
+                    ax.text(ki, qi, f"{value:.2f}"[1:], ha="center", va="center", fontsize=5,
+                            color="white" if value < 0.6 else "black")
+            ax.set_xticks(range(len(names)), names, fontsize=7, rotation=90)
+            ax.set_yticks(range(len(names)), names, fontsize=7)
+            ax.set_title(f"layer {li + 1}, head {hi + 1}", fontsize=8)
+            if hi == 0:
+                ax.set_ylabel("query segment", fontsize=8)
+            if li == layers - 1:
+                ax.set_xlabel("key segment", fontsize=8)
+    fig.colorbar(image, ax=axes, shrink=0.8, label="attention mass (rows sum to 1)")
+    fig.suptitle(f"{title}\nmean attention mass of a query segment's tokens on each key "
+                 "segment; grey: masked (base tokens never see reasoning blocks)", fontsize=8)
+    fig.savefig(path, dpi=120, bbox_inches="tight")
+    plt.close(fig)
+
+
+def attention_section(records: Sequence, out_dir: Path) -> list[str]:
+    """Report lines: per variant (mode), the maps averaged over seeds, a PNG and the head-mean
+    table of the last layer."""
+    lines = ["## Attention by segment", ""]
+    for name in dict.fromkeys(r.variant.name for r in records if r.done and r.variant.trains):
+        mine = [r for r in records if r.variant.name == name]
+        variant = mine[0].variant
+        files = [r.workdir / "attention.npz" for r in mine
+                 if (r.workdir / "attention.npz").is_file()]
+        if not files:
+            continue
+        loaded = [np.load(f) for f in files]
+        names = [str(n) for n in loaded[0]["segments"]]
+        maps = np.mean([d["maps"] for d in loaded], axis=0)
+        png = f"attention_{variant.name}.png"
+        plot_attention(maps, names, f"{variant.label}, averaged over {len(files)} "
+                       f"seed{'s' * (len(files) != 1)} and validation examples", out_dir / png)
+        last = maps[-1].mean(axis=0)
+        rows = [[q, *(f"{last[i, j]:.2f}" for j in range(len(names)))]
+                for i, q in enumerate(names)]
+        lines += [f"### {variant.label}", "", f"![{variant.label}]({png})", "",
+                  "Last layer, mean over heads (row = query segment, column = key segment; "
+                  "uniform attention would give each segment a share proportional to its "
+                  "length):",
+                  "", "| query \\ key | " + " | ".join(names) + " |",
+                  "|" + "---|" * (len(names) + 1),
+                  *("| " + " | ".join(row) + " |" for row in rows), ""]
+    return lines

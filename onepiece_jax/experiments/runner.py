@@ -1,0 +1,313 @@
+"""``onepiece experiment``: train and evaluate a suite's variants × seeds, resumably, then report.
+
+Layout under ``--out`` (default ``runs/experiments``)::
+
+    _data/synthetic-<users>u-<items>i-<hash>/   synthetic logs, generated once per world and size
+    _builds/<hash>/                             built datasets, shared by every run whose
+                                                data/context config (hence build key) is the same
+    NAME/<variant>/seed<k>/                     one standard training workdir per run, plus
+                                                experiment.json (suite, variant, seed, budget,
+                                                config hash, command, wall time)
+    NAME/_stale/                                runs whose config changed, moved aside
+
+A run is cached when its ``results.json`` exists and the hash of its fully resolved config equals
+the one in ``experiment.json``; a half-trained run resumes from its latest checkpoint (the
+standard resume of ``train_and_evaluate``); a run whose config changed is moved to ``_stale/``
+and trained again. So the same command resumes a half-finished suite, and a report can be
+regenerated at any time from what has finished (``--report-only``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import shlex
+import shutil
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import ml_collections
+
+from onepiece_jax.config import ConfigError, load_config
+from onepiece_jax.data.fetch import fetch_ml100k
+from onepiece_jax.experiments.quickstart import config_dir
+from onepiece_jax.experiments.suites import (
+    DATASETS,
+    Suite,
+    Variant,
+    check_suite,
+    get_budget,
+    get_suite,
+)
+
+RECORD = "experiment.json"
+FETCHERS: Mapping[str, Callable[[Path], Path]] = {"ml100k": fetch_ml100k}
+SYNTHETIC_SEED = 0  # the logs are one fixed world; seeds vary the training
+
+
+class SuitePreempted(RuntimeError):
+    """A run was preempted (SIGTERM/SIGINT) and saved; the same command resumes the suite."""
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Run:
+    """One variant × seed, fully resolved: its config, workdir and config hash."""
+
+    suite: str
+    variant: Variant
+    seed: int
+    budget: str
+    config: ml_collections.ConfigDict
+    args: tuple[str, ...]  # the --config.KEY=VALUE overrides that give ``config``
+    workdir: Path
+    digest: str
+
+    @property
+    def command(self) -> str:
+        """The exact command that trains this run alone; for the popularity ranker (no
+        training, scored inside ``onepiece experiment``), the one that builds its splits."""
+        config = f"configs/{self.variant.config}"
+        if self.variant.trains:
+            return shlex.join(["onepiece", "train", "--config", config, "--workdir",
+                               str(self.workdir), *self.args])
+        build = [a for a in self.args if not a.startswith("--config.dataset.build_dir=")]
+        return (f"# popularity ranker, window {self.variant.popularity_window} s, on the splits "
+                "of: " + shlex.join(["onepiece", "data", "build", "--config", config, "--out",
+                                     str(self.config.dataset.build_dir), *build]))
+
+
+def digest(value: Any) -> str:
+    """12 hex digits of the SHA-256 of a JSON-able value (keys sorted)."""
+    text = json.dumps(value, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def override_args(overrides: Mapping[str, Any]) -> list[str]:
+    """``{"model.use_pa": False, "tasks": ("a", "b")}`` → ``--config.KEY=VALUE`` strings, parsed
+    back by ``config.apply_overrides`` exactly as if typed on the command line."""
+
+    def text(value: Any) -> str:
+        if isinstance(value, tuple | list):
+            return ",".join(str(v) for v in value)
+        return str(value)
+
+    return [f"--config.{key}={text(value)}" for key, value in overrides.items()]
+
+
+# --------------------------------------------------------------------------- data
+def data_location(key: str, budget: str, *, data_dir: Path, out: Path) -> Path:
+    """Where a dataset's files are (nothing is created): a path under ``data_dir`` for public
+    data, a generated folder under ``out/_data`` for synthetic logs (named by world and size)."""
+    dataset = DATASETS[key]
+    if not dataset.synthetic:
+        return Path(data_dir) / dataset.path
+    users, items = get_budget(budget).synthetic[dataset.size]
+    knobs = dict(dataset.synth)
+    tag = digest({"users": users, "items": items, "seed": SYNTHETIC_SEED, "knobs": knobs})
+    return Path(out) / "_data" / f"synthetic-{users}u-{items}i-{tag}"
+
+
+def ensure_data(key: str, budget: str, *, data_dir: Path, out: Path) -> Path:
+    """The dataset's path, after generating synthetic logs or fetching a fetchable dataset if
+    missing; a missing public file is an error that says where to get it."""
+    from onepiece_jax.data.readers.synthetic import SynthConfig, generate_synthetic
+
+    dataset = DATASETS[key]
+    path = data_location(key, budget, data_dir=data_dir, out=out)
+    if dataset.synthetic:
+        done = path / "synth.json"
+        if not done.is_file():
+            users, items = get_budget(budget).synthetic[dataset.size]
+            scratch = path.with_name(path.name + ".partial")
+            shutil.rmtree(scratch, ignore_errors=True)
+            generate_synthetic(scratch, num_users=users, num_items=items, seed=SYNTHETIC_SEED,
+                               config=SynthConfig(**dict(dataset.synth)))
+            (scratch / "synth.json").write_text(json.dumps(
+                {"users": users, "items": items, "seed": SYNTHETIC_SEED,
+                 "knobs": dict(dataset.synth)}, indent=1))
+            shutil.rmtree(path, ignore_errors=True)
+            scratch.rename(path)
+        return path
+    if path.exists():
+        return path
+    if dataset.fetch:
+        return FETCHERS[dataset.fetch](path)
+    raise FileNotFoundError(f"dataset {key!r} ({dataset.title}) not found at {path}: get it from "
+                            f"{dataset.source} and point --data-dir at the folder holding "
+                            f"{dataset.path}")
+
+
+# --------------------------------------------------------------------------- runs
+def resolve_run(suite: Suite, variant: Variant, seed: int, budget: str, *, data_path: Path,
+                out: Path) -> Run:
+    """The run's config: the variant's config file, then the budget's overrides, the variant's
+    own (which win), the seed and the data path; its dataset build goes to ``out/_builds``
+    under the hash of the build key, so runs with the same data/context config share it."""
+    from onepiece_jax.train.loop import build_key
+
+    overrides = {**get_budget(budget).overrides, **variant.overrides, "seed": seed,
+                 "dataset.path": str(data_path)}
+    args = override_args(overrides)
+    try:
+        config = load_config(config_dir() / variant.config, args)
+    except ConfigError as e:
+        raise ConfigError(f"suite {suite.name!r}, variant {variant.name!r}: {e}") from None
+    build_dir = Path(out) / "_builds" / digest(build_key(config))
+    config.dataset.build_dir = str(build_dir)
+    args.append(f"--config.dataset.build_dir={build_dir}")
+    workdir = Path(out) / suite.name / variant.name / f"seed{seed}"
+    return Run(suite.name, variant, seed, budget, config, tuple(args), workdir,
+               digest(config.to_dict()))
+
+
+def plan_runs(suite: Suite, *, seeds: int, budget: str, out: Path, data_dir: Path,
+              prepare: bool = True) -> list[Run]:
+    """Every variant × seed, seed-major (all variants of seed 0 first, so a partial suite is
+    already a complete table with one seed). ``prepare`` generates / fetches missing data."""
+    check_suite(suite)
+    get_budget(budget)
+    if seeds < 1:
+        raise ValueError(f"--seeds must be >= 1, got {seeds}")
+    find = ensure_data if prepare else data_location
+    paths = {key: find(key, budget, data_dir=data_dir, out=out)
+             for key in dict.fromkeys(v.data for v in suite.variants)}
+    return [resolve_run(suite, v, seed, budget, data_path=paths[v.data], out=out)
+            for seed in range(seeds) for v in suite.variants]
+
+
+def read_record(workdir: Path) -> dict | None:
+    path = Path(workdir) / RECORD
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def run_status(run: Run) -> str:
+    """``done`` (cached), ``partial`` (resumable), ``new``, or ``stale`` (another config)."""
+    record = read_record(run.workdir)
+    if record is None:
+        if run.workdir.exists() and any(run.workdir.iterdir()):
+            raise ValueError(f"suite {run.suite!r}, variant {run.variant.name!r}: "
+                             f"{run.workdir} exists but has no {RECORD} (not made by "
+                             "`onepiece experiment`); move it away")
+        return "new"
+    if record.get("digest") != run.digest:
+        return "stale"
+    return "done" if (run.workdir / "results.json").is_file() else "partial"
+
+
+def _move_aside(run: Run) -> Path:
+    old = read_record(run.workdir) or {}
+    dest = (run.workdir.parents[1] / "_stale" / run.variant.name
+            / f"seed{run.seed}-{old.get('digest', 'unknown')}-{int(time.time())}")
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    shutil.move(str(run.workdir), str(dest))
+    return dest
+
+
+def _write_record(run: Run, **fields: Any) -> None:
+    record = {"suite": run.suite, "variant": run.variant.name, "label": run.variant.label,
+              "data": run.variant.data, "seed": run.seed, "budget": run.budget,
+              "digest": run.digest, "command": run.command, **fields}
+    (run.workdir / RECORD).write_text(json.dumps(record, indent=1))
+
+
+def execute(run: Run, *, attention: bool = False) -> str:
+    """Brings one run to ``done``: trains (or resumes), or scores the popularity ranker; with
+    ``attention`` also saves its segment-averaged attention maps. Returns what it did."""
+    import jax
+
+    status = run_status(run)
+    if status == "done":
+        if attention and not (run.workdir / "attention.npz").is_file():
+            _save_attention(run)
+        return "cached"
+    if status == "stale":
+        print(f"  config changed: previous run moved to {_move_aside(run)}", flush=True)
+    previous = float((read_record(run.workdir) or {}).get("seconds", 0.0))
+    run.workdir.mkdir(parents=True, exist_ok=True)
+    _write_record(run, status="running", seconds=previous)
+    start = time.perf_counter()
+    try:
+        outcome = _train(run) if run.variant.trains else _score_popularity(run)
+    except BaseException as e:
+        e.add_note(f"while running suite {run.suite!r}, variant {run.variant.name!r}, seed "
+                   f"{run.seed} in {run.workdir}")
+        _write_record(run, status="failed", seconds=previous + time.perf_counter() - start)
+        raise
+    seconds = previous + time.perf_counter() - start
+    if outcome == "preempted":
+        _write_record(run, status="preempted", seconds=seconds)
+        raise SuitePreempted(f"suite {run.suite!r}, variant {run.variant.name!r}, seed "
+                             f"{run.seed} was preempted and saved; rerun the same command to "
+                             "resume")
+    _write_record(run, status="done", seconds=round(seconds, 2))
+    if attention:
+        _save_attention(run)
+    jax.clear_caches()  # a suite compiles dozens of models in one process
+    return outcome
+
+
+def _train(run: Run) -> str:
+    from onepiece_jax.train.loop import train_and_evaluate
+
+    out = train_and_evaluate(run.config, run.workdir, progress=False)
+    return "preempted" if out.get("preempted") else "trained"
+
+
+def _score_popularity(run: Run) -> str:
+    from onepiece_jax.experiments.popularity import evaluate_popularity
+    from onepiece_jax.train.loop import ensure_built
+
+    build = ensure_built(run.config, run.workdir)
+    result = evaluate_popularity(run.config, build, int(run.variant.popularity_window))
+    (run.workdir / "config.json").write_text(run.config.to_json_best_effort(indent=1))
+    (run.workdir / "history.json").write_text("[]")
+    (run.workdir / "results.json").write_text(json.dumps(result, indent=1))
+    return "scored"
+
+
+def _save_attention(run: Run) -> None:
+    from onepiece_jax.experiments.attention import save_attention_maps
+
+    if run.variant.trains:
+        save_attention_maps(run.workdir)
+
+
+def default_command(name: str, *, seeds: int, budget: str, out: Path, data_dir: Path) -> str:
+    parts = ["onepiece", "experiment", "--suite", name, "--budget", budget, "--seeds", str(seeds)]
+    if Path(out) != Path("runs/experiments"):
+        parts += ["--out", str(out)]
+    if Path(data_dir) != Path("data"):
+        parts += ["--data-dir", str(data_dir)]
+    return shlex.join(parts)
+
+
+def run_suite(name: str, *, seeds: int | None = None, budget: str = "small",
+              out: str | Path = "runs/experiments", data_dir: str | Path = "data",
+              reports: str | Path = "reports", report_only: bool = False,
+              command: str | None = None) -> Path:
+    """Runs (or, with ``report_only``, only reports) a suite; returns the report's path.
+    ``seeds`` defaults to the budget's (1 for the small smoke run, 3 for full)."""
+    from onepiece_jax.experiments.report import write_report
+
+    suite = get_suite(name)
+    seeds = get_budget(budget).seeds if seeds is None else seeds
+    out, data_dir = Path(out), Path(data_dir)
+    runs = plan_runs(suite, seeds=seeds, budget=budget, out=out, data_dir=data_dir,
+                     prepare=not report_only)
+    command = command or default_command(name, seeds=seeds, budget=budget, out=out,
+                                         data_dir=data_dir)
+    start = time.perf_counter()
+    if not report_only:
+        for i, run in enumerate(runs, 1):
+            print(f"[{i}/{len(runs)}] {name}/{run.variant.name} seed {run.seed} "
+                  f"({run.variant.label}): {run_status(run)} → {run.workdir}", flush=True)
+            did = execute(run, attention=suite.attention)
+            print(f"[{i}/{len(runs)}] {did}", flush=True)
+    path = write_report(suite, runs, budget=budget, seeds=seeds, command=command,
+                        out_dir=Path(reports) / name)
+    print(f"{name}: {len(runs)} runs, {time.perf_counter() - start:.0f} s; report {path}",
+          flush=True)
+    return path

@@ -1,0 +1,135 @@
+"""The experiment runner: configs resolve from suites as data, bad input names the suite, variant
+and key, runs are cached / resumed / moved aside by config hash, and the smallest suite runs end
+to end on the tiny budget (training, popularity scoring, attention maps, report)."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from onepiece_jax.config import ConfigError, apply_overrides, base_config
+from onepiece_jax.experiments import runner
+from onepiece_jax.experiments.runner import (
+    Run,
+    ensure_data,
+    execute,
+    override_args,
+    plan_runs,
+    resolve_run,
+    run_status,
+    run_suite,
+)
+from onepiece_jax.experiments.suites import RANKING, Suite, Variant, get_suite
+
+
+def test_overrides_round_trip_through_the_command_line_parser():
+    config = base_config()
+    apply_overrides(config, override_args({"model.use_pa": False, "tasks": ("click", "next"),
+                                           "loss.eta": 0.5, "train.max_steps": 7,
+                                           "context.pa_groups": ("order",)}))
+    assert config.model.use_pa is False and config.tasks == ("click", "next")
+    assert config.loss.eta == 0.5 and config.train.max_steps == 7
+    assert config.context.pa_groups == ("order",)
+
+
+def test_unknown_override_key_names_suite_variant_and_key(tmp_path):
+    suite = Suite("mine", "t", "p", (Variant("bad", "bad", "synthetic", RANKING,
+                                             {"model.no_such_field": 1}),))
+    with pytest.raises(ConfigError, match=r"suite 'mine', variant 'bad'.*model\.no_such_field"):
+        resolve_run(suite, suite.variants[0], 0, "tiny", data_path=tmp_path, out=tmp_path)
+
+
+def test_cli_lists_suites_and_rejects_unknown_names(capsys):
+    from onepiece_jax.cli import main
+
+    assert main(["experiment", "--list"]) == 0
+    assert "block_size" in capsys.readouterr().out
+    assert main(["experiment", "--suite", "table2"]) == 2
+    assert "unknown suite 'table2'" in capsys.readouterr().err
+    assert main(["experiment", "--suite", "block_size", "--budget", "huge"]) == 2
+    assert "unknown budget 'huge'" in capsys.readouterr().err
+
+
+def test_missing_public_dataset_says_where_to_get_it(tmp_path):
+    with pytest.raises(FileNotFoundError, match="Beauty.*S3Rec"):
+        ensure_data("beauty", "tiny", data_dir=tmp_path, out=tmp_path)
+
+
+def test_synthetic_worlds_are_generated_once_per_world_and_size(tmp_path):
+    path = ensure_data("synthetic_no_intent", "tiny", data_dir=tmp_path, out=tmp_path)
+    stamp = json.loads((path / "synth.json").read_text())
+    assert stamp["knobs"] == {"query_intent": False} and stamp["users"] == 300
+    mtime = (path / "user_behavior_data.txt").stat().st_mtime_ns
+    assert ensure_data("synthetic_no_intent", "tiny", data_dir=tmp_path, out=tmp_path) == path
+    assert (path / "user_behavior_data.txt").stat().st_mtime_ns == mtime
+    assert ensure_data("synthetic", "tiny", data_dir=tmp_path, out=tmp_path) != path
+
+
+def test_runs_share_a_build_when_their_data_and_context_agree(tmp_path):
+    runs = plan_runs(get_suite("ranking_strategy"), seeds=2, budget="tiny", out=tmp_path,
+                     data_dir=tmp_path, prepare=False)
+    builds = {(r.variant.data, r.seed): r.config.dataset.build_dir for r in runs}
+    assert len(set(builds.values())) == 4  # 2 datasets x 2 seeds
+    assert len({r.digest for r in runs}) == len(runs)
+    assert all(r.workdir == tmp_path / "ranking_strategy" / r.variant.name / f"seed{r.seed}"
+               for r in runs)
+
+
+def _fake_run(tmp_path: Path, digest: str) -> Run:
+    variant = Variant("v", "v", "synthetic", RANKING)
+    return Run("s", variant, 0, "tiny", base_config(), (), tmp_path / "s" / "v" / "seed0", digest)
+
+
+def test_status_cached_partial_stale_and_foreign(tmp_path):
+    run = _fake_run(tmp_path, "aaa")
+    assert run_status(run) == "new"
+    run.workdir.mkdir(parents=True)
+    runner._write_record(run, status="running")
+    assert run_status(run) == "partial"
+    (run.workdir / "results.json").write_text("{}")
+    assert run_status(run) == "done"
+    changed = _fake_run(tmp_path, "bbb")
+    assert run_status(changed) == "stale"
+    moved = runner._move_aside(changed)
+    assert moved.parent == tmp_path / "s" / "_stale" / "v" and (moved / "results.json").is_file()
+    assert run_status(changed) == "new"
+    changed.workdir.mkdir(parents=True)
+    (changed.workdir / "stray.txt").write_text("x")
+    with pytest.raises(ValueError, match="not made by `onepiece experiment`"):
+        run_status(changed)
+
+
+def test_popularity_variant_is_scored_without_training(tmp_path):
+    suite = Suite("pop", "t", "p", (Variant("pop", "Popularity", "synthetic", RANKING,
+                                            popularity_window=7 * 86_400),))
+    (run,) = plan_runs(suite, seeds=1, budget="tiny", out=tmp_path, data_dir=tmp_path)
+    assert execute(run) == "scored"
+    result = json.loads((run.workdir / "results.json").read_text())
+    assert "popularity ranker" in result["protocol"] and "click/AUC" in result["metrics"]
+    assert execute(run) == "cached"
+
+
+def test_smallest_suite_end_to_end_on_the_tiny_budget(tmp_path, monkeypatch):
+    """The attention suite (2 variants: retrieval and ranking OnePiece) trains, saves attention
+    maps and reports; running it again trains nothing."""
+    kwargs = dict(seeds=1, budget="tiny", out=tmp_path / "runs", data_dir=tmp_path / "data",
+                  reports=tmp_path / "reports")
+    report = run_suite("attention", **kwargs)
+    text = report.read_text()
+    assert "runs finished: 2 of 2" in text and "INCOMPLETE" not in text
+    for label in ("OnePiece retrieval (K=3)", "OnePiece ranking (K=3, C=12)"):
+        assert f"| {label} |" in text
+    assert "`onepiece train --config configs/synthetic_search_retrieval.py" in text
+    assert "onepiece experiment --suite attention --budget tiny --seeds 1" in text
+    for name in ("attention_retrieval.png", "attention_ranking.png", "synthetic_ranking.png",
+                 "synthetic_retrieval.png"):
+        path = report.parent / name
+        assert path.stat().st_size > 5000 and path.read_bytes()[:4] == b"\x89PNG"
+    assert "| query \\ key | IH | PA | SD | R1 | R2 | R3 |" in text
+    assert "| query \\ key | IH | PA | SD | CIS | R1 | R2 | R3 |" in text
+
+    def no_training(run):
+        raise AssertionError(f"{run.variant.name} retrained although cached")
+
+    monkeypatch.setattr(runner, "_train", no_training)
+    assert run_suite("attention", **kwargs).read_text().count("| done |") == 2

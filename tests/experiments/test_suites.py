@@ -1,0 +1,76 @@
+"""Suites as data: every variant of every suite resolves to a valid config at every budget (no
+training, no data), bad suites are refused naming what is wrong, and the suites encode the
+paper's tables (the swept values, the baselines, the controls)."""
+
+from pathlib import Path
+
+import pytest
+
+from onepiece_jax.experiments.runner import plan_runs
+from onepiece_jax.experiments.suites import (
+    BUDGETS,
+    SUITES,
+    Finding,
+    Suite,
+    Variant,
+    check_suite,
+    get_budget,
+    get_suite,
+)
+
+
+@pytest.mark.parametrize("budget", sorted(BUDGETS))
+@pytest.mark.parametrize("name", sorted(SUITES))
+def test_every_variant_resolves(name, budget, tmp_path):
+    runs = plan_runs(get_suite(name), seeds=1, budget=budget, out=tmp_path,
+                     data_dir=Path("data"), prepare=False)
+    assert [r.variant.name for r in runs] == [v.name for v in SUITES[name].variants]
+    for run in runs:
+        for key, value in run.variant.overrides.items():
+            node = run.config
+            for part in key.split("."):
+                node = node[part]
+            assert node == value, (run.variant.name, key)
+
+
+def test_unknown_suite_and_budget_name_the_choices():
+    with pytest.raises(ValueError, match="unknown suite 'tabel2'.*baselines"):
+        get_suite("tabel2")
+    with pytest.raises(ValueError, match="unknown budget 'huge'.*small"):
+        get_budget("huge")
+
+
+@pytest.mark.parametrize("suite, message", [
+    (Suite("s", "t", "p", (Variant("a", "A", "synthetic", "x.py"),) * 2), "duplicate"),
+    (Suite("s", "t", "p", (Variant("a", "A", "nowhere", "x.py"),)), "unknown dataset 'nowhere'"),
+    (Suite("s", "t", "p", (Variant("A B", "A", "synthetic", "x.py"),)), "names use only"),
+    (Suite("s", "t", "p", (Variant("a", "A", "synthetic", "x.py"),),
+           findings=(Finding("f", ("a",), ("zz",)),)), "unknown variant 'zz'"),
+    (Suite("s", "t", "p", (Variant("a", "A", "synthetic", "x.py"),),
+           findings=(Finding("f", ("a",), (), expect="maybe"),)), "expect='maybe'"),
+])
+def test_bad_suites_are_refused(suite, message):
+    with pytest.raises(ValueError, match=message):
+        check_suite(suite)
+
+
+def test_suites_encode_the_papers_sweeps():
+    block = get_suite("block_size")
+    assert [v.overrides["context.num_candidates"] for v in block.variants] == [1, 4, 8, 12]
+    pa = [v for v in get_suite("context").variants if v.name.startswith("pa")]
+    assert [3 * v.overrides["context.pa_group_size"] for v in pa] == [9, 21, 30, 60, 90]
+    scaling = get_suite("data_scaling").variants
+    assert {v.series for v in scaling} == {"SASRec", "HSTU", "OnePiece"}
+    assert sorted({v.x for v in scaling}) == [10, 25, 50, 100]
+    labels = {v.label for v in get_suite("baselines").variants}
+    assert labels >= {"SASRec", "HSTU", "HSTU+PA", "ReaRec", "ReaRec+PA", "OnePiece",
+                      "Popularity (day)", "Popularity (week)"}
+
+
+def test_controls_run_on_worlds_without_the_planted_signal():
+    context = get_suite("context")
+    worlds = {v.data for v in context.variants}
+    assert worlds == {"synthetic", "synthetic_flat", "synthetic_no_intent"}
+    controls = [f for f in context.findings if f.expect == "none"]
+    assert {context.variant(n).data for f in controls for n in (*f.plus, *f.minus)} == \
+        {"synthetic_flat", "synthetic_no_intent"}
