@@ -99,6 +99,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
             raise ConfigError(f"config.{key}: missing")
     if config.mode not in ("retrieval", "ranking"):
         raise ConfigError(f"config.mode={config.mode!r}: expected 'retrieval' or 'ranking'")
+    if config.dataset.get("time_precision", "exact") not in ("exact", "float32"):
+        raise ConfigError(f"config.dataset.time_precision={config.dataset.time_precision!r}: "
+                          "expected 'exact' or 'float32'")
     model, ctx, loss = config.model, config.context, config.loss
     k = model.reasoning_steps
     if k < 0:
@@ -152,7 +155,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.seed = 0
     c.dataset = ml_collections.ConfigDict(dict(
         name="ml100k", path="", build_dir="",
-        session_seconds=86400, session_negatives=20))  # ranking requests from sessions (Taobao)
+        session_seconds=86400, session_negatives=20,  # ranking requests from sessions (Taobao)
+        time_precision="exact"))  # "float32": RecBole's event order (see data/tfds_builder.py)
     c.context = ml_collections.ConfigDict(dict(
         ih_max_len=50, pa_groups=(), pa_group_size=10, pa_key="global",
         pa_window_seconds=7 * 86400, pa_bucket_seconds=86400, pool_window=5,

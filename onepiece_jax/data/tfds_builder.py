@@ -35,7 +35,13 @@ def read_log(config) -> EventLog:
     ds = config.dataset
     if not ds.path:
         raise ValueError("config.dataset.path is empty: pass --config.dataset.path=DATA_PATH")
-    log = read_dataset(ds.name, ds.path)
+    options = {}
+    if ds.get("time_precision", "exact") != "exact":
+        if ds.name != "ml100k":
+            raise ValueError(f"config.dataset.time_precision={ds.time_precision!r} applies to "
+                             f"ml100k (RecBole's float timestamps), not {ds.name!r}")
+        options["time_precision"] = ds.time_precision
+    log = read_dataset(ds.name, ds.path, **options)
     if config.mode == "ranking" and log.requests is None:
         log.requests = sessions_to_requests(log, session_seconds=ds.session_seconds,
                                             negatives=ds.session_negatives, seed=config.seed)

@@ -356,3 +356,28 @@ def test_blank_lines_are_counted_not_silently_dropped(tmp_path):
     path = _write(tmp_path / "UserBehavior.csv", [TAOBAO[0], "", TAOBAO[1], "  "])
     log = read_dataset("taobao", path)
     assert log.num_events == 2 and log.skipped == {"blank_lines": 2}
+
+
+@pytest.mark.parametrize("precision, order", [("exact", [20, 10]), ("float32", [10, 20])])
+def test_float32_time_precision_orders_near_ties_by_file_like_recbole(tmp_path, precision, order):
+    """RecBole keeps ``timestamp:float`` as float32 (64-second steps here): events 10 s apart
+    tie and keep their file order, which changes MovieLens-100K's leave-one-out targets."""
+    from onepiece_jax.config import base_config
+    from onepiece_jax.data.tfds_builder import read_log
+
+    inter = [RECBOLE_INTER[0], "1\t10\t5\t881250960", "1\t20\t4\t881250950", "2\t30\t1\t881250000"]
+    config = base_config()
+    config.dataset.update(path=str(_recbole(tmp_path / "ml", inter=inter)),
+                          time_precision=precision)
+    log = read_log(config)
+    first_user = log.user == log.user[0]
+    assert log.item_ids[log.item[first_user]].tolist() == order
+
+
+def test_unknown_time_precision_is_refused_naming_the_key():
+    from onepiece_jax.config import ConfigError, base_config, validate
+
+    config = base_config()
+    config.dataset.time_precision = "float16"
+    with pytest.raises(ConfigError, match="config.dataset.time_precision='float16'"):
+        validate(config)

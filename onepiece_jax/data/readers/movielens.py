@@ -55,8 +55,17 @@ class _People:
     occupation: np.ndarray
 
 
-def read_ml100k(path: str | Path, *, year_bucket: int = 5) -> EventLog:
-    """Reads a folder holding either the RecBole or the GroupLens MovieLens-100K files."""
+def read_ml100k(path: str | Path, *, year_bucket: int = 5,
+                time_precision: str = "exact") -> EventLog:
+    """Reads a folder holding either the RecBole or the GroupLens MovieLens-100K files.
+
+    ``time_precision="float32"`` rounds timestamps as RecBole stores its ``timestamp:float``
+    field (float32: 64-second steps around 2000), so events that close tie and keep their file
+    order. On MovieLens-100K that changes the last (test) item of 16% of the users and the
+    validation item of 27% against exact-time order; reproducing RecBole's splits needs it.
+    """
+    if time_precision not in ("exact", "float32"):
+        raise ValueError(f"time_precision={time_precision!r}: expected 'exact' or 'float32'")
     folder = Path(path)
     skipped: dict[str, int] = {}
     if (folder / RECBOLE[0]).exists():
@@ -72,6 +81,8 @@ def read_ml100k(path: str | Path, *, year_bucket: int = 5) -> EventLog:
     else:
         raise DataError(f"no MovieLens-100K files: need {'/'.join(RECBOLE)} (RecBole) or "
                         f"{'/'.join(GROUPLENS)} (GroupLens)", path=str(folder))
+    if time_precision == "float32":
+        ratings.time = ratings.time.astype(np.float32).astype(np.int64)
     return _assemble(ratings, movies, people, skipped, year_bucket)
 
 
