@@ -50,14 +50,17 @@ class Objective:
 
 
 def retrieval_pool(objective: Objective, batch: dict, tables: negatives.NegativeTables,
-                   key: jax.Array, item_vectors) -> tuple[jax.Array, jax.Array, jax.Array]:
+                   key: jax.Array, item_vectors
+                   ) -> tuple[jax.Array, jax.Array | None, jax.Array, jax.Array]:
     """Item vectors of the example's pool plus sampled and in-batch negatives.
 
     ``item_vectors(ids) -> f32[..., d]`` is the item tower. In-batch negatives (the batch's
     targets) and catalogue negatives (every item, ``loss.negatives.catalogue``) are the same ids
-    for every row, so their vectors are computed once and broadcast.
-    Returns ``item_vec: f32[B, P, d]``, ``labels: f32[B, P, T]`` (negatives are 0 for every
-    task) and ``valid: bool[B, P]`` (padding and negatives that collide with a positive dropped).
+    for every row, so their vectors are computed once and returned apart, never broadcast.
+    Returns ``item_vec: f32[B, P, d]`` (pool and sampled negatives), ``shared_vec: f32[S, d]`` or
+    None (the common negatives, pool columns P..P+S), ``labels: f32[B, P + S, T]`` (negatives are
+    0 for every task) and ``valid: bool[B, P + S]`` (padding and negatives that collide with a
+    positive dropped).
     """
     pool, pool_label = batch["pool_item"], batch["pool_label"]
     parts, valids = [pool], [pool > 0]
@@ -66,8 +69,7 @@ def retrieval_pool(objective: Objective, batch: dict, tables: negatives.Negative
         sampled = negatives.sample_negatives(key, pool, counts, tables)
         parts.append(sampled)
         valids.append(negatives.negative_mask(sampled, pool))
-    items = jnp.concatenate(parts, axis=1)
-    vectors = [item_vectors(items)]
+    item_vec = item_vectors(jnp.concatenate(parts, axis=1))
     batch_size = pool.shape[0]
     shared = []  # negatives common to every example: their vectors are computed once
     if objective.in_batch:
@@ -80,16 +82,13 @@ def retrieval_pool(objective: Objective, batch: dict, tables: negatives.Negative
         ids = jnp.broadcast_to(all_items[None], (batch_size, all_items.shape[0]))
         valids.append(negatives.negative_mask(ids, pool))
         shared.append(all_items)
-    if shared:
-        common = item_vectors(jnp.concatenate(shared))
-        vectors.append(jnp.broadcast_to(common[None], (batch_size, *common.shape)))
-    item_vec = jnp.concatenate(vectors, axis=1)
+    shared_vec = item_vectors(jnp.concatenate(shared)) if shared else None
     valid = jnp.concatenate(valids, axis=1)
     extra = valid.shape[1] - pool.shape[1]
     labels = jnp.concatenate(
         [pool_label, jnp.zeros((pool.shape[0], extra, pool_label.shape[-1]), pool_label.dtype)],
         axis=1)
-    return item_vec, labels, valid
+    return item_vec, shared_vec, labels, valid
 
 
 def compute_loss(objective: Objective, model, params: Any, batch: dict, catalog: dict,
@@ -120,13 +119,13 @@ def compute_loss(objective: Objective, model, params: Any, batch: dict, catalog:
                                               batch["target"], mask)
         metrics["ce"] = total
     elif objective.mode == "retrieval":
-        item_vec, labels, valid = retrieval_pool(
+        item_vec, shared_vec, labels, valid = retrieval_pool(
             objective, batch, tables, negative_key,
             lambda ids: model.apply(variables, ids, catalog, method="item_vectors"))
         for step, task in objective.assignment:
             loss, parts = losses.retrieval_step_loss(
                 out["user_vectors"][step], item_vec, labels[..., task], valid, mask,
-                objective.eta, positive_slots=batch["pool_item"].shape[1])
+                objective.eta, positive_slots=batch["pool_item"].shape[1], shared_vec=shared_vec)
             total = total + loss
             metrics.update({f"{name}/s{step}t{task}": v for name, v in parts.items()})
     else:

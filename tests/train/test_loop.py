@@ -74,13 +74,12 @@ def test_catalogue_negatives_cover_every_item_except_the_positives(planted_build
     batch = next(BatchIterator(data.load_split("train"), 8, shuffle=False, seed=0))
     batch = {k: jnp.asarray(v) for k, v in batch.items() if k != "time"}
     n = data.spec["num_items"]
-    vec, labels, valid = retrieval_pool(
+    vec, shared, labels, valid = retrieval_pool(
         Objective.from_config(cfg), batch, negative_tables(data.item_count, data.catalog),
         jax.random.key(0), lambda ids: jnp.stack([ids, ids], -1).astype(jnp.float32))
     pool = np.asarray(batch["pool_item"])
-    assert vec.shape == (8, pool.shape[1] + n, 2)
-    np.testing.assert_array_equal(np.asarray(vec[:, pool.shape[1]:, 0]),
-                                  np.tile(np.arange(1, n + 1), (8, 1)))
+    assert vec.shape == (8, pool.shape[1], 2) and valid.shape == (8, pool.shape[1] + n)
+    np.testing.assert_array_equal(np.asarray(shared[:, 0]), np.arange(1, n + 1))
     negatives_valid = np.asarray(valid[:, pool.shape[1]:])
     for row in range(8):
         own = set(pool[row][pool[row] > 0])

@@ -259,3 +259,33 @@ def test_positive_slots_only_skips_work_not_value():
     fast, _ = retrieval_step_loss(user, items, jnp.asarray(label), valid, mask, 0.1,
                                   positive_slots=pool)
     np.testing.assert_allclose(float(fast), float(full), rtol=1e-6)
+
+
+def test_shared_negatives_scored_by_matmul_equal_broadcast_columns():
+    """Common negatives passed once (``shared_vec``) give the loss and gradients of the same
+    vectors broadcast into every example's pool, including invalid columns and padded rows."""
+    rng = np.random.default_rng(3)
+    b, pool, shared, d = 5, 4, 6, 8
+    user = jnp.asarray(rng.normal(size=(b, d)), jnp.float32)
+    own = jnp.asarray(rng.normal(size=(b, pool, d)), jnp.float32)
+    common = jnp.asarray(rng.normal(size=(shared, d)), jnp.float32)
+    label = np.zeros((b, pool + shared), np.float32)
+    label[:, 0] = 1.0
+    label[2, 1] = 1.0
+    valid = rng.random((b, pool + shared)) > 0.2
+    valid[:, 0] = True
+    mask = jnp.array([True, True, True, False, True])
+    args = (jnp.asarray(label), jnp.asarray(valid), mask, 0.1)
+
+    def broadcast(u, z, c):
+        items = jnp.concatenate([z, jnp.broadcast_to(c[None], (b, shared, d))], axis=1)
+        return retrieval_step_loss(u, items, *args, positive_slots=pool)[0]
+
+    def apart(u, z, c):
+        return retrieval_step_loss(u, z, *args, positive_slots=pool, shared_vec=c)[0]
+
+    want = jax.value_and_grad(broadcast, argnums=(0, 1, 2))(user, own, common)
+    got = jax.value_and_grad(apart, argnums=(0, 1, 2))(user, own, common)
+    np.testing.assert_allclose(float(got[0]), float(want[0]), rtol=1e-6)
+    for g, w in zip(got[1], want[1], strict=True):
+        np.testing.assert_allclose(np.asarray(g), np.asarray(w), rtol=1e-5, atol=1e-6)
