@@ -304,7 +304,10 @@ def evaluate_split(job: Job, params, arrays: dict, split: str) -> dict:
     cfg = job.config
     batch_size = int(cfg.eval.batch_size)
     check_batch_size(batch_size, job.mesh, "config.eval.batch_size")
-    common = dict(batch_size=batch_size, dataset=job.data.spec["dataset"], split=split,
+    dataset = job.data.spec["dataset"]
+    if cfg.dataset.get("time_precision", "exact") == "float32":
+        dataset += " (float32 time order, as RecBole)"  # other splits than exact time order
+    common = dict(batch_size=batch_size, dataset=dataset, split=split,
                   put=job.put, rows=job.rows(batch_size))
     if cfg.mode == "retrieval":
         item_vecs = job.item_vectors_fn(params, job.catalog)
