@@ -162,7 +162,8 @@ def base_config() -> ml_collections.ConfigDict:
         pa_window_seconds=7 * 86400, pa_bucket_seconds=86400, pool_window=5,
         num_candidates=12, max_candidates=96, val_fraction=0.1, test_fraction=0.1))
     c.model = ml_collections.ConfigDict(dict(
-        d_model=64, num_layers=2, num_heads=4, ffn_mult=4, dropout=0.1, feature_dim=16,
+        d_model=64, num_layers=2, num_heads=4, ffn_mult=4, dropout=0.1, attention_dropout=0.0,
+        feature_dim=16,
         attention="softmax", attention_impl="", compute_dtype="float32",
         base_mask="bidirectional", cis_visible=True, prefix_sees_cis=True,
         reasoning_steps=2, rpe_size=4, readout="block", use_side_info=True, use_pa=True,
@@ -201,14 +202,15 @@ def use_baseline(config: ml_collections.ConfigDict, name: str) -> ml_collections
     """Turns an experiment config into a baseline of SPEC §8: model options plus its loss.
 
     ``sasrec`` and ``rearec`` train one next-item task with full-softmax cross-entropy (the
-    RecBole recipe: 2 heads, dropout 0.5); ``rearec`` adds K=2 single-token reasoning steps.
+    RecBole recipe: 2 heads, dropout 0.5 on activations and on attention weights); ``rearec`` adds
+    K=2 single-token reasoning steps.
     """
     from onepiece_jax.model.config import baseline_overrides
 
     config.model.update(baseline_overrides("sasrec" if name == "rearec" else name, config.mode))
     if name in ("sasrec", "rearec"):
         config.tasks = ("next",)
-        config.model.update(num_heads=2, dropout=0.5,
+        config.model.update(num_heads=2, dropout=0.5, attention_dropout=0.5,
                             reasoning_steps=2 if name == "rearec" else 0)
         config.loss.update(kind="next_item_softmax", strategy="single")
     return config

@@ -60,10 +60,16 @@ class SelfAttention(nn.Module):
 
     @nn.compact
     def __call__(self, x: jnp.ndarray, mask: jnp.ndarray, cache: KVCache | None,
-                 q_pos: np.ndarray, k_pos: np.ndarray) -> tuple[jnp.ndarray, KVCache]:
+                 q_pos: np.ndarray, k_pos: np.ndarray,
+                 train: bool = False) -> tuple[jnp.ndarray, KVCache]:
         """x: float32[B, Q, d] (already normed); mask: bool[B, 1, Q, S]; q_pos: int[Q];
-        k_pos: int[S] with S = cached + Q. Returns (out: [B, Q, d], cache over S keys)."""
+        k_pos: int[S] with S = cached + Q. Returns (out: [B, Q, d], cache over S keys).
+
+        ``train`` with ``attention_dropout > 0`` drops attention weights (the fused kernel has
+        no dropout, so that case computes the softmax explicitly)."""
         cfg = self.config
+        drop_weights = nn.Dropout(cfg.attention_dropout, deterministic=not train)
+        dropping = train and cfg.attention_dropout > 0
         b, q_len, _ = x.shape
         chex.assert_shape(mask, (b, 1, q_len, k_pos.shape[0]))
         heads, head_dim = cfg.num_heads, cfg.head_dim
@@ -72,12 +78,18 @@ class SelfAttention(nn.Module):
                                   name="qkv")(x)
             query, key, value = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
             cache = _extend(cache, key, value)
-            if self._capturing():
+            if self._capturing() or dropping:
                 logits = jnp.einsum("bqhd,bkhd->bhqk", query, cache.key,
                                     preferred_element_type=jnp.float32) / np.sqrt(head_dim)
-                self.sow(CAPTURE, "weights", jax.nn.softmax(jnp.where(mask, logits, -1e30)))
-            out = jax.nn.dot_product_attention(query, cache.key, cache.value, mask=mask,
-                                               implementation=cfg.attention_impl)
+                weights = jax.nn.softmax(jnp.where(mask, logits, -1e30))
+                if self._capturing():
+                    self.sow(CAPTURE, "weights", weights)
+            if dropping:
+                out = jnp.einsum("bhqk,bkhd->bqhd", drop_weights(weights).astype(cfg.dtype),
+                                 cache.value)
+            else:
+                out = jax.nn.dot_product_attention(query, cache.key, cache.value, mask=mask,
+                                                   implementation=cfg.attention_impl)
             return nn.DenseGeneral(cfg.d_model, axis=(-2, -1), dtype=cfg.dtype, kernel_init=_INIT,
                                    name="out")(out), cache
         uvqk = nn.silu(nn.DenseGeneral((4, heads, head_dim), dtype=cfg.dtype, kernel_init=_INIT,
@@ -93,7 +105,8 @@ class SelfAttention(nn.Module):
         weights = nn.silu(logits) * visible / jnp.maximum(visible.sum(-1, keepdims=True), 1.0)
         if self._capturing():
             self.sow(CAPTURE, "weights", weights)
-        mixed = jnp.einsum("bhqk,bkhd->bqhd", weights.astype(cfg.dtype), cache.value)
+        mixed = jnp.einsum("bhqk,bkhd->bqhd", drop_weights(weights).astype(cfg.dtype),
+                           cache.value)
         normed = nn.LayerNorm(dtype=jnp.float32, name="norm")(mixed.reshape(b, q_len, -1))
         gated = normed.astype(cfg.dtype) * gate.reshape(b, q_len, -1)
         return nn.Dense(cfg.d_model, dtype=cfg.dtype, kernel_init=_INIT, name="out")(gated), cache

@@ -77,6 +77,7 @@ class ModelConfig:
     num_heads: int = 4
     ffn_mult: int = 4
     dropout: float = 0.1
+    attention_dropout: float = 0.0  # on attention weights while training (SASRec/RecBole: 0.5)
     feature_dim: int = 16
     attention: str = "softmax"
     attention_impl: str | None = None
@@ -130,8 +131,9 @@ class ModelConfig:
             raise ValueError("model.attention_impl='cudnn' runs softmax attention in bfloat16 "
                              "only: set model.compute_dtype='bfloat16' and "
                              "model.attention='softmax'")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"model.dropout={self.dropout}: must be in [0, 1)")
+        for name in ("dropout", "attention_dropout"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ValueError(f"model.{name}={getattr(self, name)}: must be in [0, 1)")
         if not 0 <= self.reasoning_steps <= self.rpe_size:
             raise ValueError(f"model.reasoning_steps={self.reasoning_steps}: must be in "
                              f"[0, model.rpe_size={self.rpe_size}] (one RPE row per step)")

@@ -32,7 +32,7 @@ class TransformerLayer(nn.Module):
         drop = nn.Dropout(cfg.dropout, deterministic=not train)
         normed = nn.LayerNorm(dtype=jnp.float32, name="attn_norm")(h)
         mixed, cache = SelfAttention(cfg, self.max_distance, name="attn")(
-            normed, mask, cache, q_pos, k_pos)
+            normed, mask, cache, q_pos, k_pos, train)
         h = h + drop(mixed).astype(jnp.float32)
         if cfg.attention == "softmax":
             y = nn.LayerNorm(dtype=jnp.float32, name="ffn_norm")(h)
