@@ -48,6 +48,14 @@ def read_log(config) -> EventLog:
     return log
 
 
+def dataset_label(name: str, config) -> str:
+    """A built dataset's ``name`` as protocol strings print it: RecBole's float32 event order
+    makes other splits than exact time order, so it is named."""
+    if config.dataset.get("time_precision", "exact") == "float32":
+        return f"{name} (float32 time order, as RecBole)"
+    return name
+
+
 def _feature_dict(example: dict) -> tfds.features.FeaturesDict:
     feats = {}
     for key, value in example.items():

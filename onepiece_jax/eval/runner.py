@@ -68,6 +68,11 @@ def evaluate_ranking(score_fn: Callable[[dict], jax.Array], arrays: dict, *,
         ev.update(to_host(scores), to_host(dev["cis_label"]), to_host(dev["cis_item"]) > 0,
                   to_host(dev["example_mask"]), to_host(dev["request"]))
     metrics = ev.result()
-    protocol = (f"{dataset} | {split} | time split | random candidate groups of C={group_size} "
-                f"(seed {seed}) | AUC, GAUC per request (one-class requests skipped)")
-    return {"protocol": protocol, "split": split, "metrics": metrics}
+    return {"protocol": ranking_protocol_string(dataset, split, group_size, seed), "split": split,
+            "metrics": metrics}
+
+
+def ranking_protocol_string(dataset: str, split: str, group_size: int, seed: int = 0) -> str:
+    """How a ranking number was obtained (SPEC §5: always printed with the number)."""
+    return (f"{dataset} | {split} | time split | random candidate groups of C={group_size} "
+            f"(seed {seed}) | AUC, GAUC per request (one-class requests skipped)")

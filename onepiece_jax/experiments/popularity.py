@@ -23,6 +23,7 @@ import numpy as np
 from onepiece_jax.data.context import ContextBuilder, ContextConfig
 from onepiece_jax.data.events import EventLog
 from onepiece_jax.data.loader import BuiltDataset
+from onepiece_jax.data.tfds_builder import dataset_label
 from onepiece_jax.eval.metrics import RetrievalMetrics
 from onepiece_jax.eval.ranking import RankingEvaluator
 from onepiece_jax.eval.retrieval import protocol_string
@@ -145,8 +146,8 @@ def evaluate_popularity(config, build_dir: str | Path, window: int, *, split: st
                                  window=window, timed=timed, exclude_history=exclude_history)
         acc = RetrievalMetrics(tuple(config.eval.ks))
         acc.update(ranks)
-        protocol = protocol_string(data.spec["dataset"], split, exclude_history,
-                                   tuple(config.eval.ks), num_items=num_items)
+        protocol = protocol_string(dataset_label(data.spec["dataset"], config), split,
+                                   exclude_history, tuple(config.eval.ks), num_items=num_items)
         return {"protocol": f"{protocol} | {how}", "split": split, "metrics": acc.result()}
     behaviors = list(data.spec["behaviors"])
     task_levels = tuple(behaviors.index(t) + 1 for t in config.tasks)

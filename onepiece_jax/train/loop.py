@@ -43,7 +43,7 @@ from onepiece_jax.data.loader import (
     device_batch,
     num_rows,
 )
-from onepiece_jax.data.tfds_builder import build, read_log
+from onepiece_jax.data.tfds_builder import build, dataset_label, read_log
 from onepiece_jax.eval.ranking import task_readouts, task_scores
 from onepiece_jax.eval.retrieval import catalogue_layout, catalogue_vectors
 from onepiece_jax.eval.runner import evaluate_ranking, evaluate_retrieval
@@ -304,11 +304,8 @@ def evaluate_split(job: Job, params, arrays: dict, split: str) -> dict:
     cfg = job.config
     batch_size = int(cfg.eval.batch_size)
     check_batch_size(batch_size, job.mesh, "config.eval.batch_size")
-    dataset = job.data.spec["dataset"]
-    if cfg.dataset.get("time_precision", "exact") == "float32":
-        dataset += " (float32 time order, as RecBole)"  # other splits than exact time order
-    common = dict(batch_size=batch_size, dataset=dataset, split=split,
-                  put=job.put, rows=job.rows(batch_size))
+    common = dict(batch_size=batch_size, dataset=dataset_label(job.data.spec["dataset"], cfg),
+                  split=split, put=job.put, rows=job.rows(batch_size))
     if cfg.mode == "retrieval":
         item_vecs = job.item_vectors_fn(params, job.catalog)
         return evaluate_retrieval(

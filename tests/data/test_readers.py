@@ -381,3 +381,14 @@ def test_unknown_time_precision_is_refused_naming_the_key():
     config.dataset.time_precision = "float16"
     with pytest.raises(ConfigError, match="config.dataset.time_precision='float16'"):
         validate(config)
+
+
+@pytest.mark.parametrize("precision, label", [
+    ("exact", "ml100k"), ("float32", "ml100k (float32 time order, as RecBole)")])
+def test_protocol_label_names_the_float32_event_order(precision, label):
+    from onepiece_jax.config import base_config
+    from onepiece_jax.data.tfds_builder import dataset_label
+
+    config = base_config()
+    config.dataset.time_precision = precision
+    assert dataset_label("ml100k", config) == label
