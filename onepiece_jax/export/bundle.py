@@ -40,15 +40,16 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import orbax.checkpoint as ocp
 
 from onepiece_jax.data.loader import BatchIterator, BuiltDataset, RecordSplit, device_batch
+from onepiece_jax.data.tfds_builder import dataset_label
 from onepiece_jax.eval.ranking import task_readouts, task_scores
 from onepiece_jax.eval.retrieval import protocol_string
+from onepiece_jax.eval.runner import ranking_protocol_string
 from onepiece_jax.export import serve
 from onepiece_jax.model.config import from_config as model_config_from
 from onepiece_jax.model.onepiece import OnePiece
-from onepiece_jax.train.checkpoint import BEST, LATEST, Checkpoints, verify_step
+from onepiece_jax.train.checkpoint import CheckpointError, Checkpoints
 from onepiece_jax.train.loop import ensure_built, load_workdir_config
 from onepiece_jax.train.objective import Objective
 
@@ -170,33 +171,17 @@ def _quiet_absl():
 
 
 def restore_params(workdir: Path, which: str, keep: int) -> tuple[dict, int, dict]:
-    """``(params, step, book)`` of checkpoint ``which`` (best | latest | STEP): only the
-    parameters are read (as numpy, no optimizer state, any training mesh), after the step's
-    files are checked against its integrity manifest."""
+    """``(params, step, book)`` of checkpoint ``which`` (best | latest | STEP), parameters only
+    (``Checkpoints.restore_params``), with absl's restore chatter silenced."""
     ckpts = Checkpoints(workdir, keep)
     try:
-        name, step = ckpts.resolve(which)
-        mgr = ckpts.best if name == "best" else ckpts.latest
-        step_dir = workdir.absolute() / (BEST if name == "best" else LATEST) / str(step)
-        problem = verify_step(step_dir)
-        if problem:
-            raise ExportError(f"checkpoint {which} (step {step}) in {step_dir.parent} is "
-                              f"corrupt: {problem}")
-        with _quiet_absl(), ocp.PyTreeCheckpointer() as ckptr:
-            tree = dict(ckptr.metadata(step_dir / "state").item_metadata)
-            if "params" not in tree:
-                raise ExportError(f"{step_dir / 'state'} holds no 'params'; not a OnePiece "
-                                  "train state")
-            template = {"params": jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype),
-                                               tree["params"])}
-            restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray),
-                                        template)
-            params = ckptr.restore(step_dir / "state", args=ocp.args.PyTreeRestore(
-                item=template, restore_args=restore_args, partial_restore=True))["params"]
-            book = mgr.restore(step, args=ocp.args.Composite(extra=ocp.args.JsonRestore()))
-        return params, step, dict(book["extra"])
+        with _quiet_absl():
+            params, book, step = ckpts.restore_params(which)
+    except CheckpointError as e:
+        raise ExportError(str(e)) from None
     finally:
         ckpts.close()
+    return params, step, book
 
 
 def load_served(workdir: str | Path, checkpoint: str = "best",
@@ -270,13 +255,12 @@ def validation_record(served: Served) -> dict:
     entry = next((h for h in served.book.get("history", []) if h.get("step") == served.step),
                  None)
     if config.mode == "retrieval":
-        protocol = protocol_string(spec["dataset"], "validation",
+        protocol = protocol_string(dataset_label(spec["dataset"], config), "validation",
                                    bool(config.eval.exclude_history), tuple(config.eval.ks),
                                    num_items=int(spec["num_items"]))
     else:
-        protocol = (f"{spec['dataset']} | validation | time split | random candidate groups of "
-                    f"C={config.context.num_candidates} (seed 0) | AUC, GAUC per request "
-                    "(one-class requests skipped)")
+        protocol = ranking_protocol_string(dataset_label(spec["dataset"], config), "validation",
+                                           int(config.context.num_candidates))
     return {"metric": str(config.train.early_stop_metric),
             "value": None if entry is None else entry.get("value"),
             "epoch": None if entry is None else entry.get("epoch"),

@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 
 from onepiece_jax.parallel.distributed import barrier, is_primary
@@ -206,6 +207,31 @@ class Checkpoints:
         raise CheckpointError(f"{self.workdir / LATEST}: no readable checkpoint (steps {steps} "
                               f"were corrupt and moved to {self.workdir / CORRUPT}); rerun to "
                               "start from scratch, or restore a copy")
+
+    def restore_params(self, which: str = "best") -> tuple[dict, dict, int]:
+        """``(params, extra, step)`` of checkpoint ``which``, parameters only, as numpy arrays
+        with no optimizer state and no template: export reads a run of any mesh or optimizer
+        this way. The step must be intact (``CheckpointError`` otherwise)."""
+        name, step = self.resolve(which)
+        mgr = self._mgr(name)
+        step_dir = self._step_dir(mgr, step)
+        problem = verify_step(step_dir)
+        if problem:
+            raise CheckpointError(f"checkpoint {which} (step {step}) in {step_dir.parent} is "
+                                  f"corrupt: {problem}")
+        with ocp.PyTreeCheckpointer() as ckptr:
+            tree = dict(ckptr.metadata(step_dir / "state").item_metadata)
+            if "params" not in tree:
+                raise CheckpointError(f"{step_dir / 'state'} holds no 'params'; not a OnePiece "
+                                      "train state")
+            template = {"params": jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype),
+                                               tree["params"])}
+            restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray),
+                                        template)
+            params = ckptr.restore(step_dir / "state", args=ocp.args.PyTreeRestore(
+                item=template, restore_args=restore_args, partial_restore=True))["params"]
+        extra = mgr.restore(step, args=ocp.args.Composite(extra=ocp.args.JsonRestore()))
+        return params, dict(extra["extra"]), step
 
     def _restore_one(self, name: str, step: int, abstract_state: Any) -> tuple[Any, dict, int]:
         mgr = self._mgr(name)
