@@ -24,10 +24,9 @@ from typing import Any
 import numpy as np
 import tensorflow_datasets as tfds
 
-from onepiece_jax.data.tfds_builder import TFDS_NAME
+from onepiece_jax.data.tfds_builder import TFDS_NAME, VARLEN_KEYS
 
 HOST_ONLY_KEYS = ("time",)  # carried for analysis, never sent to the device
-VARLEN_KEYS = ("exclude",)  # variable-length in the records, padded with 0 when batched
 
 
 @dataclasses.dataclass

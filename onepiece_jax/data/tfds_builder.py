@@ -24,7 +24,7 @@ from onepiece_jax.data.context import SPLITS, ContextBuilder, ContextConfig, cat
 from onepiece_jax.data.events import EventLog
 
 TFDS_NAME = "onepiece_examples"
-_VARLEN = ("exclude",)
+VARLEN_KEYS = ("exclude",)  # variable-length in the records, padded with 0 when batched
 
 
 def read_log(config) -> EventLog:
@@ -60,7 +60,7 @@ def _feature_dict(example: dict) -> tfds.features.FeaturesDict:
     feats = {}
     for key, value in example.items():
         arr = np.asarray(value)
-        shape = (None,) if key in _VARLEN else arr.shape
+        shape = (None,) if key in VARLEN_KEYS else arr.shape
         feats[key] = tfds.features.Tensor(shape=shape, dtype=arr.dtype)
     return tfds.features.FeaturesDict(feats)
 

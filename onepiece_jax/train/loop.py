@@ -42,6 +42,7 @@ from onepiece_jax.data.loader import (
     RecordSplit,
     device_batch,
     num_rows,
+    take_rows,
 )
 from onepiece_jax.data.tfds_builder import build, dataset_label, read_log
 from onepiece_jax.eval.ranking import task_readouts, task_scores
@@ -140,8 +141,7 @@ class Job:
         """One padded batch of the split's shapes (for init and restore templates only); built
         from the first rows, so ranking does not regroup a whole split for it."""
         size = int(self.config.train.batch_size)
-        head = (arrays.take(np.arange(min(size, len(arrays)))) if isinstance(arrays, RecordSplit)
-                else {k: v[:size] for k, v in arrays.items()})
+        head = take_rows(arrays, np.arange(min(size, num_rows(arrays))))
         it = BatchIterator(head, size, shuffle=False, seed=0, group_size=self.group_size)
         return device_batch(next(it))
 
