@@ -124,6 +124,14 @@ def validate(config: ml_collections.ConfigDict) -> None:
         if model.readout != "block":
             raise ConfigError("config.model.readout: ranking reads one row per candidate "
                               "(M = C); use readout='block'")
+    if config.train.get("schedule", "warmup_cosine") not in ("warmup_cosine", "constant"):
+        raise ConfigError(f"config.train.schedule={config.train.schedule!r}: expected "
+                          "'warmup_cosine' or 'constant'")
+    if config.train.clip_norm < 0:
+        raise ConfigError(f"config.train.clip_norm={config.train.clip_norm}: must be >= 0 "
+                          "(0 = no clipping)")
+    if config.model.get("norm", "pre") not in ("pre", "post"):
+        raise ConfigError(f"config.model.norm={config.model.norm!r}: expected 'pre' or 'post'")
     if config.train.batch_size < 1:
         raise ConfigError(f"config.train.batch_size={config.train.batch_size}: must be >= 1")
     if config.loss.kind not in ("onepiece", "next_item_softmax"):
@@ -163,7 +171,7 @@ def base_config() -> ml_collections.ConfigDict:
         num_candidates=12, max_candidates=96, val_fraction=0.1, test_fraction=0.1))
     c.model = ml_collections.ConfigDict(dict(
         d_model=64, num_layers=2, num_heads=4, ffn_mult=4, dropout=0.1, attention_dropout=0.0,
-        feature_dim=16,
+        feature_dim=16, norm="pre",
         attention="softmax", attention_impl="", compute_dtype="float32",
         base_mask="bidirectional", cis_visible=True, prefix_sees_cis=True,
         reasoning_steps=2, rpe_size=4, readout="block", use_side_info=True, use_pa=True,
@@ -174,8 +182,9 @@ def base_config() -> ml_collections.ConfigDict:
         negatives=ml_collections.ConfigDict(dict(uniform=20, popular=10, same_category=5,
                                                  in_batch=True, catalogue=False))))
     c.train = ml_collections.ConfigDict(dict(
-        batch_size=256, epochs=20, learning_rate=1e-3, warmup_steps=200, weight_decay=0.0,
-        clip_norm=1.0, eval_every_epochs=1, early_stop_metric="NDCG@10",
+        batch_size=256, epochs=20, learning_rate=1e-3, schedule="warmup_cosine",
+        warmup_steps=200, weight_decay=0.0, clip_norm=1.0,  # clip_norm 0: no clipping
+        eval_every_epochs=1, early_stop_metric="NDCG@10",
         early_stop_patience=5, keep_checkpoints=2, log_every_steps=50, max_steps=0,
         # non-finite loss/gradients: "stop" (exit 3, keep the last good checkpoint) or "skip"
         # (skip the update; stop after max_nonfinite_in_a_row consecutive ones)

@@ -24,6 +24,7 @@ BASE_MASKS = ("bidirectional", "causal")
 READOUTS = ("block", "last_token")
 ITEM_TOWERS = ("mlp", "shared_proj", "embedding")
 HISTORY_TOKENS = ("adapter", "embedding")
+NORMS = ("pre", "post")
 ENTITIES = ("item", "user", "query")
 
 
@@ -79,6 +80,9 @@ class ModelConfig:
     dropout: float = 0.1
     attention_dropout: float = 0.0  # on attention weights while training (SASRec/RecBole: 0.5)
     feature_dim: int = 16
+    # "pre": h + f(LN(h)) (SPEC §2); "post": LN(h + f(h)) with LN on the input tokens too
+    # (SASRec / RecBole's Transformer encoder)
+    norm: str = "pre"
     attention: str = "softmax"
     attention_impl: str | None = None
     compute_dtype: str = "float32"
@@ -119,6 +123,7 @@ class ModelConfig:
         _check_choice("readout", self.readout, READOUTS)
         _check_choice("item_tower", self.item_tower, ITEM_TOWERS)
         _check_choice("history_tokens", self.history_tokens, HISTORY_TOKENS)
+        _check_choice("norm", self.norm, NORMS)
         for key in ("d_model", "num_layers", "num_heads", "ffn_mult", "feature_dim",
                     "head_hidden", "ih_len", "num_tasks", "vocab_multiple"):
             if getattr(self, key) < 1:

@@ -77,7 +77,12 @@ class OnePiece(nn.Module):
         if cfg.rpe_size:
             self.rpe = self.param("rpe", _INIT, (cfg.rpe_size, cfg.d_model))
         self.token_dropout = nn.Dropout(cfg.dropout)
-        self.readout_norm = nn.LayerNorm(dtype=jnp.float32)
+        if cfg.norm == "post":
+            # Post-norm layers need normalised inputs and leave a normalised stream, so the LN
+            # moves from the read-out to the tokens (SASRec: dropout(LN(item + position))).
+            self.input_norm = nn.LayerNorm(dtype=jnp.float32)
+        else:
+            self.readout_norm = nn.LayerNorm(dtype=jnp.float32)
         if cfg.mode == "ranking":
             self.heads = TaskHeads(cfg)
 
@@ -141,13 +146,13 @@ class OnePiece(nn.Module):
                  train: bool = False) -> dict[str, jnp.ndarray]:
         cfg = self.config
         layout = cfg.layout()
-        tokens, valid = self.embedder(batch, catalog)
+        tokens, valid = self.embed(batch, catalog)
         tokens = self.token_dropout(tokens, deterministic=not train)
         blocks = self._reason(tokens, valid, train)
         b = tokens.shape[0]
         chex.assert_shape(blocks, (cfg.reasoning_steps + 1, b, layout.block_rows, cfg.d_model))
         chex.assert_type(blocks, jnp.float32)
-        normed = self.readout_norm(blocks)
+        normed = blocks if cfg.norm == "post" else self.readout_norm(blocks)
         if cfg.mode == "ranking":
             return {"blocks": blocks, "logits": self.heads(normed)}
         if self.is_initializing():
@@ -163,7 +168,8 @@ class OnePiece(nn.Module):
     def embed(self, batch: Mapping[str, jnp.ndarray],
               catalog: Catalog) -> tuple[jnp.ndarray, jnp.ndarray]:
         """The base sequence before the Transformer: tokens float32[B, N, d], valid bool[B, N]."""
-        return self.embedder(batch, catalog)
+        tokens, valid = self.embedder(batch, catalog)
+        return (self.input_norm(tokens) if self.config.norm == "post" else tokens), valid
 
     def full_pass(self, batch: Mapping[str, jnp.ndarray], catalog: Catalog,
                   block_inputs: jnp.ndarray) -> jnp.ndarray:
@@ -172,7 +178,7 @@ class OnePiece(nn.Module):
         block_inputs: float32[S, B, M, d] → hidden states float32[B, N + S·M, d]. Used to check
         that KV-cached reasoning equals a single pass with the block-causal mask.
         """
-        tokens, valid = self.embedder(batch, catalog)
+        tokens, valid = self.embed(batch, catalog)
         return self._full_pass(tokens, valid, list(block_inputs), train=False)
 
     def reasoning_inputs(self, blocks: jnp.ndarray) -> jnp.ndarray:

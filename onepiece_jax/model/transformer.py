@@ -1,9 +1,11 @@
 """Pre-norm Transformer whose layers accept a per-layer KV cache.
 
-``h = h + Drop(Attn(LN(h))); h = h + Drop(FFN(LN(h)))`` (SPEC §2). With ``attention='hstu'`` the
-layer is an HSTU block: the gated attention output already mixes channels, so there is no FFN
-(as in HSTU). There is no final LayerNorm: the raw residual stream is what reasoning feeds back
-(SPEC §7); read-outs apply their own LN.
+``h = h + Drop(Attn(LN(h))); h = h + Drop(FFN(LN(h)))`` (SPEC §2); ``model.norm='post'`` gives
+SASRec's post-norm layer ``h = LN(h + Drop(Attn(h)))``, ``h = LN(h + Drop(FFN(h)))``. With
+``attention='hstu'`` the layer is an HSTU block: the gated attention output already mixes
+channels, so there is no FFN (as in HSTU). There is no final LayerNorm: the raw residual stream
+is what reasoning feeds back (SPEC §7); read-outs apply their own LN (post-norm streams end in
+one).
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ _INIT = nn.initializers.normal(stddev=0.02)
 
 
 class TransformerLayer(nn.Module):
-    """One pre-norm layer (softmax MHSA + GELU FFN, or an HSTU block)."""
+    """One pre- or post-norm layer (softmax MHSA + GELU FFN, or an HSTU block)."""
 
     config: ModelConfig
     max_distance: int
@@ -27,19 +29,26 @@ class TransformerLayer(nn.Module):
     @nn.compact
     def __call__(self, h: jnp.ndarray, mask: jnp.ndarray, cache: KVCache | None,
                  q_pos: np.ndarray, k_pos: np.ndarray, train: bool) -> tuple[jnp.ndarray, KVCache]:
-        """h: float32[B, Q, d] residual stream (kept float32 even with bfloat16 compute)."""
+        """h: float32[B, Q, d] residual stream (kept float32 even with bfloat16 compute).
+
+        ``norm='post'`` moves each LayerNorm after its residual sum (SASRec's layer); the cache
+        then holds keys/values of the raw stream, as the base pass computed them.
+        """
         cfg = self.config
+        post = cfg.norm == "post"
         drop = nn.Dropout(cfg.dropout, deterministic=not train)
-        normed = nn.LayerNorm(dtype=jnp.float32, name="attn_norm")(h)
+        attn_norm = nn.LayerNorm(dtype=jnp.float32, name="attn_norm")
         mixed, cache = SelfAttention(cfg, self.max_distance, name="attn")(
-            normed, mask, cache, q_pos, k_pos, train)
+            h if post else attn_norm(h), mask, cache, q_pos, k_pos, train)
         h = h + drop(mixed).astype(jnp.float32)
+        h = attn_norm(h) if post else h
         if cfg.attention == "softmax":
-            y = nn.LayerNorm(dtype=jnp.float32, name="ffn_norm")(h)
+            ffn_norm = nn.LayerNorm(dtype=jnp.float32, name="ffn_norm")
             y = nn.gelu(nn.Dense(cfg.ffn_mult * cfg.d_model, dtype=cfg.dtype, kernel_init=_INIT,
-                                 name="ffn_in")(y))
+                                 name="ffn_in")(h if post else ffn_norm(h)))
             y = nn.Dense(cfg.d_model, dtype=cfg.dtype, kernel_init=_INIT, name="ffn_out")(drop(y))
             h = h + drop(y).astype(jnp.float32)
+            h = ffn_norm(h) if post else h
         return h, cache
 
 

@@ -38,12 +38,19 @@ class TrainState:
 
 
 def make_optimizer(train_cfg, total_steps: int) -> optax.GradientTransformation:
-    """AdamW with linear warm-up then cosine decay, after global-norm clipping."""
-    warmup = max(1, min(int(train_cfg.warmup_steps), max(total_steps - 1, 1)))
-    schedule = optax.warmup_cosine_decay_schedule(
-        init_value=0.0, peak_value=float(train_cfg.learning_rate), warmup_steps=warmup,
-        decay_steps=max(total_steps, warmup + 1), end_value=0.1 * float(train_cfg.learning_rate))
-    return optax.chain(optax.clip_by_global_norm(float(train_cfg.clip_norm)),
+    """AdamW after global-norm clipping (``clip_norm=0``: none), at a learning rate that either
+    warms up linearly then decays by cosine to a tenth (``schedule='warmup_cosine'``) or stays
+    constant (``'constant'``: RecBole's recipe)."""
+    lr = float(train_cfg.learning_rate)
+    if train_cfg.get("schedule", "warmup_cosine") == "constant":
+        schedule = optax.constant_schedule(lr)
+    else:
+        warmup = max(1, min(int(train_cfg.warmup_steps), max(total_steps - 1, 1)))
+        schedule = optax.warmup_cosine_decay_schedule(
+            init_value=0.0, peak_value=lr, warmup_steps=warmup,
+            decay_steps=max(total_steps, warmup + 1), end_value=0.1 * lr)
+    clip = float(train_cfg.clip_norm)
+    return optax.chain(optax.clip_by_global_norm(clip) if clip > 0 else optax.identity(),
                        optax.adamw(schedule, weight_decay=float(train_cfg.weight_decay)))
 
 

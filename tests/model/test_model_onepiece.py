@@ -156,6 +156,7 @@ def test_from_config_reads_model_context_and_spec_keys(tiny):
     ({"attention": "linear"}, "model.attention"),
     ({"d_model": 15}, "model.d_model"),
     ({"compute_dtype": "float16"}, "model.compute_dtype"),
+    ({"norm": "sandwich"}, "model.norm"),
 ])
 def test_invalid_model_config_raises_value_error_naming_the_key(tiny, overrides, key):
     with pytest.raises(ValueError, match=key):

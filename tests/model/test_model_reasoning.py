@@ -35,6 +35,8 @@ def test_kv_cached_reasoning_equals_one_block_causal_pass(tiny, mode, steps):
     ("ranking", {"attention": "hstu"}),
     ("ranking", {"cis_visible": False, "prefix_sees_cis": False}),
     ("retrieval", {"readout": "last_token", "use_sd": False}),
+    ("retrieval", {"norm": "post"}),
+    ("ranking", {"norm": "post"}),
 ])
 def test_kv_cache_equivalence_for_hstu_invisible_candidates_and_last_token(tiny, mode,
                                                                            overrides):
