@@ -83,6 +83,7 @@ class ModelConfig:
     # "pre": h + f(LN(h)) (SPEC §2); "post": LN(h + f(h)) with LN on the input tokens too
     # (SASRec / RecBole's Transformer encoder)
     norm: str = "pre"
+    ffn_inner_dropout: bool = True  # dropout on the FFN's hidden layer too (RecBole: none)
     attention: str = "softmax"
     attention_impl: str | None = None
     compute_dtype: str = "float32"

@@ -1,7 +1,9 @@
 """Pre-norm Transformer whose layers accept a per-layer KV cache.
 
 ``h = h + Drop(Attn(LN(h))); h = h + Drop(FFN(LN(h)))`` (SPEC §2); ``model.norm='post'`` gives
-SASRec's post-norm layer ``h = LN(h + Drop(Attn(h)))``, ``h = LN(h + Drop(FFN(h)))``. With
+SASRec's post-norm layer ``h = LN(h + Drop(Attn(h)))``, ``h = LN(h + Drop(FFN(h)))``;
+``model.ffn_inner_dropout=False`` removes the dropout on the FFN's hidden layer (RecBole has
+none). With
 ``attention='hstu'`` the layer is an HSTU block: the gated attention output already mixes
 channels, so there is no FFN (as in HSTU). There is no final LayerNorm: the raw residual stream
 is what reasoning feeds back (SPEC §7); read-outs apply their own LN (post-norm streams end in
@@ -46,7 +48,8 @@ class TransformerLayer(nn.Module):
             ffn_norm = nn.LayerNorm(dtype=jnp.float32, name="ffn_norm")
             y = nn.gelu(nn.Dense(cfg.ffn_mult * cfg.d_model, dtype=cfg.dtype, kernel_init=_INIT,
                                  name="ffn_in")(h if post else ffn_norm(h)))
-            y = nn.Dense(cfg.d_model, dtype=cfg.dtype, kernel_init=_INIT, name="ffn_out")(drop(y))
+            y = drop(y) if cfg.ffn_inner_dropout else y
+            y = nn.Dense(cfg.d_model, dtype=cfg.dtype, kernel_init=_INIT, name="ffn_out")(y)
             h = h + drop(y).astype(jnp.float32)
             h = ffn_norm(h) if post else h
         return h, cache

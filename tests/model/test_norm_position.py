@@ -66,3 +66,20 @@ def test_post_norm_model_normalises_tokens_and_reads_out_the_raw_stream(tiny):
     out = model.apply(variables, batch, catalog, train=False)
     np.testing.assert_allclose(out["user_vectors"], np.asarray(out["blocks"]).mean(axis=2),
                                atol=1e-6)
+
+
+def test_ffn_inner_dropout_changes_training_outputs_only():
+    x = np.random.default_rng(2).normal(size=(2, 5, 8)).astype(np.float32)
+    mask = jnp.ones((2, 1, 5, 5), bool)
+    pos = np.arange(5, dtype=np.int32)
+    outs = {}
+    for inner in (True, False):
+        cfg = ModelConfig(d_model=8, num_heads=2, ffn_mult=2, dropout=0.5, norm="post",
+                          ffn_inner_dropout=inner)
+        layer = TransformerLayer(cfg, max_distance=8)
+        variables = layer.init(jax.random.PRNGKey(1), jnp.asarray(x), mask, None, pos, pos, False)
+        outs[inner] = [np.asarray(layer.apply(variables, jnp.asarray(x), mask, None, pos, pos,
+                                              train, rngs={"dropout": jax.random.PRNGKey(3)})[0])
+                       for train in (False, True)]
+    np.testing.assert_array_equal(outs[True][0], outs[False][0])
+    assert np.abs(outs[True][1] - outs[False][1]).max() > 1e-3
