@@ -130,8 +130,6 @@ def validate(config: ml_collections.ConfigDict) -> None:
     if config.train.clip_norm < 0:
         raise ConfigError(f"config.train.clip_norm={config.train.clip_norm}: must be >= 0 "
                           "(0 = no clipping)")
-    if config.model.get("norm", "pre") not in ("pre", "post"):
-        raise ConfigError(f"config.model.norm={config.model.norm!r}: expected 'pre' or 'post'")
     if config.train.batch_size < 1:
         raise ConfigError(f"config.train.batch_size={config.train.batch_size}: must be >= 1")
     if config.loss.kind not in ("onepiece", "next_item_softmax"):

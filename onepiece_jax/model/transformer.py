@@ -3,11 +3,10 @@
 ``h = h + Drop(Attn(LN(h))); h = h + Drop(FFN(LN(h)))`` (SPEC §2); ``model.norm='post'`` gives
 SASRec's post-norm layer ``h = LN(h + Drop(Attn(h)))``, ``h = LN(h + Drop(FFN(h)))``;
 ``model.ffn_inner_dropout=False`` removes the dropout on the FFN's hidden layer (RecBole has
-none). With
-``attention='hstu'`` the layer is an HSTU block: the gated attention output already mixes
-channels, so there is no FFN (as in HSTU). There is no final LayerNorm: the raw residual stream
-is what reasoning feeds back (SPEC §7); read-outs apply their own LN (post-norm streams end in
-one).
+none). With ``attention='hstu'`` the layer is an HSTU block: the gated attention output already
+mixes channels, so there is no FFN (as in HSTU). There is no final LayerNorm: the raw residual
+stream is what reasoning feeds back (SPEC §7); read-outs apply their own LN (post-norm streams
+end in one).
 """
 
 from __future__ import annotations
