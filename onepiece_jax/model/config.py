@@ -84,6 +84,9 @@ class ModelConfig:
     # (SASRec / RecBole's Transformer encoder)
     norm: str = "pre"
     ffn_inner_dropout: bool = True  # dropout on the FFN's hidden layer too (RecBole: none)
+    # std of the normal init of the embedding tables; 0 keeps Flax's default, 1/sqrt(width)
+    # (0.125 at d=64). RecBole draws every table (and position) from N(0, 0.02).
+    embed_init_std: float = 0.0
     attention: str = "softmax"
     attention_impl: str | None = None
     compute_dtype: str = "float32"
@@ -137,6 +140,9 @@ class ModelConfig:
             raise ValueError("model.attention_impl='cudnn' runs softmax attention in bfloat16 "
                              "only: set model.compute_dtype='bfloat16' and "
                              "model.attention='softmax'")
+        if self.embed_init_std < 0:
+            raise ValueError(f"model.embed_init_std={self.embed_init_std}: must be >= 0 "
+                             "(0 = Flax's default, 1/sqrt(width))")
         for name in ("dropout", "attention_dropout"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise ValueError(f"model.{name}={getattr(self, name)}: must be in [0, 1)")

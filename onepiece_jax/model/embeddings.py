@@ -46,11 +46,12 @@ def padded_embed(vocab_size: int, width: int, config: ModelConfig) -> nn.Embed:
     """An ``nn.Embed`` with ``config.table_rows(vocab_size)`` rows (even sharding on the vocabulary
     axis). The rows past ``vocab_size`` are never looked up; they start at zero and the real rows
     are drawn exactly as for an unpadded table, so the values (and training) do not depend on the
-    padding, i.e. on the mesh."""
+    padding, i.e. on the mesh. ``config.embed_init_std`` > 0 draws them from N(0, std²)."""
     rows = config.table_rows(vocab_size)
+    std = float(config.embed_init_std)
+    base = nn.initializers.normal(stddev=std) if std > 0 else nn.linear.default_embed_init
     if rows == vocab_size:
-        return nn.Embed(vocab_size, width)
-    base = nn.linear.default_embed_init
+        return nn.Embed(vocab_size, width, embedding_init=base)
 
     def init(key, shape, dtype=jnp.float32):
         return jnp.pad(base(key, (vocab_size, shape[1]), dtype),
