@@ -130,6 +130,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
     if config.train.clip_norm < 0:
         raise ConfigError(f"config.train.clip_norm={config.train.clip_norm}: must be >= 0 "
                           "(0 = no clipping)")
+    if config.train.get("eval_every_steps", 0) < 0:
+        raise ConfigError(f"config.train.eval_every_steps={config.train.eval_every_steps}: must "
+                          "be >= 0 (0 = once per epoch)")
     if config.train.batch_size < 1:
         raise ConfigError(f"config.train.batch_size={config.train.batch_size}: must be >= 1")
     if config.loss.kind not in ("onepiece", "next_item_softmax"):
@@ -182,7 +185,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.train = ml_collections.ConfigDict(dict(
         batch_size=256, epochs=20, learning_rate=1e-3, schedule="warmup_cosine",
         warmup_steps=200, weight_decay=0.0, clip_norm=1.0,  # clip_norm 0: no clipping
-        eval_every_epochs=1, early_stop_metric="NDCG@10",
+        # validation every N steps and at the last (0: at the end of every epoch); patience
+        # counts validations without improvement
+        eval_every_steps=0, early_stop_metric="NDCG@10",
         early_stop_patience=5, keep_checkpoints=2, log_every_steps=50, max_steps=0,
         # non-finite loss/gradients: "stop" (exit 3, keep the last good checkpoint) or "skip"
         # (skip the update; stop after max_nonfinite_in_a_row consecutive ones)

@@ -34,6 +34,8 @@ def test_overrides_are_parsed_with_the_field_type():
     ("--config.train.batch_size=1.5", "config.train.batch_size"),
     ("--config.model.reasoning_steps=7", "config.model.reasoning_steps=7"),
     ("--config.model.reasoning_steps=3", "config.loss.strategy='progressive'"),
+    ("--config.train.eval_every_steps=-5", "config.train.eval_every_steps=-5"),
+    ("--config.train.eval_every_epochs=2", "config.train.eval_every_epochs"),
 ])
 def test_bad_override_names_the_key(override, key):
     with pytest.raises(ConfigError, match=key.replace("(", r"\(").replace("'", "'")):

@@ -2,9 +2,10 @@
 
 A workdir holds everything of one run: ``config.json``, the built dataset (unless
 ``config.dataset.build_dir`` points elsewhere), Orbax checkpoints (latest N and best),
-TensorBoard event files under ``tb/``, ``history.json`` (validation metrics per epoch) and
-``results.json`` (the final evaluation, with its protocol string). Calling it again on the same
-workdir resumes from the latest checkpoint — at the exact batch where it stopped.
+TensorBoard event files under ``tb/``, ``history.json`` (the metrics of every validation: each
+epoch, or every ``config.train.eval_every_steps`` steps) and ``results.json`` (the final
+evaluation, with its protocol string). Calling it again on the same workdir resumes from the
+latest checkpoint — at the exact batch where it stopped.
 
 Scale-out (``config.mesh``, ``config.distributed``): the state and catalog are sharded by
 ``parallel/rules.py``; with several processes (one per host) each one reads only its rows of every
@@ -437,6 +438,7 @@ def _train_and_evaluate(config, workdir: str | Path, *, progress: bool,
         raise ConfigError(f"config.train.batch_size={tcfg.batch_size} exceeds the "
                           f"{num_rows(train_arrays)} training examples")
     total_steps = int(tcfg.epochs) * steps_per_epoch
+    every = int(tcfg.get("eval_every_steps", 0))  # .get: config.json of older workdirs
     if tcfg.max_steps:
         total_steps = min(total_steps, int(tcfg.max_steps))
     optimizer = make_optimizer(tcfg, total_steps)
@@ -469,7 +471,7 @@ def _train_and_evaluate(config, workdir: str | Path, *, progress: bool,
         if preempt.requested and not done:  # arrived during setup: nothing new to save
             return _preempted(step, bar, writer, ckpts, book, saved=False)
         while not done:
-            epoch_start = time.perf_counter()
+            chunk_start, at_validation = time.perf_counter(), False
             for batch in it:
                 batch = _debug_loss_scale(batch, step + 1, tcfg)
                 state, metrics = train_step(state, job.put(device_batch(batch)), job.catalog,
@@ -482,32 +484,34 @@ def _train_and_evaluate(config, workdir: str | Path, *, progress: bool,
                     _log(writer, bar, metrics, step, rate, last_val, config)
                     window_start, window_examples = time.perf_counter(), 0
                 bar.update(1)
+                at_validation = step >= total_steps or (
+                    step % every == 0 if every else it.state.position >= steps_per_epoch)
                 preempting = preempt.requested or step == preempt_at_step
-                if preempting and step < total_steps and it.state.position < steps_per_epoch:
+                if preempting and not at_validation:
                     book["iterator"] = it.get_state()
-                    book["train_seconds"] += time.perf_counter() - epoch_start
+                    book["train_seconds"] += time.perf_counter() - chunk_start
                     ckpts.save(step, state, book)
                     return _preempted(step, bar, writer, ckpts, book)
-                if preempting:  # the epoch's last step: saved after its validation, below
+                if preempting or at_validation:  # a validation step: saved after it, below
                     break
-                if step >= total_steps:
-                    break
-            book["train_seconds"] += time.perf_counter() - epoch_start
-            epoch_done = it.state.position >= steps_per_epoch
-            if epoch_done:
+            book["train_seconds"] += time.perf_counter() - chunk_start
+            if it.state.position >= steps_per_epoch:
                 it.next_epoch()
             book["iterator"] = it.get_state()
+            if not at_validation:  # an epoch ended between two validations (eval_every_steps)
+                continue
             result = evaluate_split(job, state.params, val_arrays, "validation")
             value = headline(result, config)
             last_val = value
-            book["history"].append({"epoch": len(book["history"]) + 1, "step": step,
+            epoch = _epochs(step, steps_per_epoch)
+            book["history"].append({"epoch": epoch, "step": step,
                                     "train_seconds": round(book["train_seconds"], 2),
                                     "value": value, "metrics": result["metrics"]})
             improved = book["best"] is None or value > book["best"]
             book["best"] = value if improved else book["best"]
             book["bad_epochs"] = 0 if improved else book["bad_epochs"] + 1
             ckpts.save(step, state, book, best_value=value if improved else None)
-            _log_validation(writer, result, step, len(book["history"]), config)
+            _log_validation(writer, result, step, epoch, config)
             if preempt.requested or step == preempt_at_step:  # this step is saved already
                 return _preempted(step, bar, writer, ckpts, book)
             done = (step >= total_steps
@@ -587,7 +591,13 @@ def _log(writer, bar, metrics, step: int, rate: float, last_val: float, config) 
         bar.set_postfix(shown)
 
 
-def _log_validation(writer, result: dict, step: int, epoch: int, config) -> None:
+def _epochs(step: int, steps_per_epoch: int) -> int | float:
+    """Epochs trained after ``step``: an int at epoch ends, else a fraction (3 decimals)."""
+    whole, rest = divmod(step, steps_per_epoch)
+    return whole if rest == 0 else round(step / steps_per_epoch, 3)
+
+
+def _log_validation(writer, result: dict, step: int, epoch: int | float, config) -> None:
     metrics = result["metrics"]
     if writer is not None:
         for k, v in metrics.items():

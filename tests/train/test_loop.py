@@ -43,6 +43,25 @@ def test_preempted_and_resumed_run_equals_uninterrupted(planted_build, tmp_path)
     assert resumed["results"]["metrics"] == whole["results"]["metrics"]
 
 
+def test_eval_every_steps_validates_across_epoch_ends_and_resumes_exactly(planted_build,
+                                                                           tmp_path):
+    """Validation every 7 steps of 20-step epochs; a preemption at an epoch end that is not a
+    validation step (20) resumes into the next epoch without validating there."""
+    cfg = tiny_config(str(planted_build))
+    cfg.train.update(epochs=2, eval_every_steps=7)
+    whole = train_and_evaluate(cfg, tmp_path / "whole", progress=False)
+    assert [h["step"] for h in whole["history"]] == [7, 14, 21, 28, 35, 40]
+    assert [h["epoch"] for h in whole["history"]] == [0.35, 0.7, 1.05, 1.4, 1.75, 2]
+    cut = train_and_evaluate(cfg, tmp_path / "cut", progress=False, preempt_at_step=20)
+    assert cut["preempted"]
+    resumed = train_and_evaluate(cfg, tmp_path / "cut", progress=False)
+    assert [h["step"] for h in resumed["history"]] == [7, 14, 21, 28, 35, 40]
+    a, b = _params(tmp_path / "whole", 40), _params(tmp_path / "cut", 40)
+    diffs = jax.tree.leaves(jax.tree.map(lambda x, y: float(np.max(np.abs(x - y))), a, b))
+    assert max(diffs) <= 1e-6
+    assert [h["value"] for h in resumed["history"]] == [h["value"] for h in whole["history"]]
+
+
 def test_eval_command_reads_any_checkpoint(planted_build, tmp_path):
     cfg = tiny_config(str(planted_build))
     cfg.train.epochs = 1
