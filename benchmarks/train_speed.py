@@ -1,10 +1,10 @@
 """Training throughput and time-to-quality on MovieLens-100K: SASRec vs OnePiece K = 0, 1, 2.
 
-Each model trains with per-epoch validation (full catalogue, history excluded); the target quality
-is the SASRec run's best validation NDCG@10, and "seconds to baseline quality" is the training
-wall time (compilation included, validation excluded) until a model's validation NDCG@10 first
-reaches it (null if it never does within the epoch budget). Examples/s is measured over the
-whole training run.
+Each model trains with validation every ``--eval-every`` steps and at its last step (full
+catalogue, history excluded; 0 = once per epoch); the target quality is the SASRec run's best
+validation NDCG@10, and "seconds to baseline quality" is the training wall time (compilation
+included, validation excluded) until a model's validation NDCG@10 first reaches it (null if it
+never does within the epoch budget). Examples/s is measured over the whole training run.
 
     .venv/bin/python benchmarks/train_speed.py --data data/ml-100k --epochs 6 --out runs/train_speed
 """
@@ -34,6 +34,8 @@ def main() -> None:
     parser.add_argument("--data", default="data/ml-100k")
     parser.add_argument("--out", default="runs/train_speed", type=Path)
     parser.add_argument("--epochs", default=6, type=int)
+    parser.add_argument("--eval-every", default=100, type=int,
+                        help="validation interval in steps (0: once per epoch)")
     parser.add_argument("--models", default=",".join(MODELS))
     args = parser.parse_args()
     runs = {}
@@ -41,7 +43,8 @@ def main() -> None:
         file, overrides = MODELS[name]
         config = load_config(ROOT / "configs" / file, [
             f"--config.dataset.path={args.data}", f"--config.train.epochs={args.epochs}",
-            "--config.train.early_stop_patience=1000", *overrides])
+            "--config.train.early_stop_patience=1000",
+            f"--config.train.eval_every_steps={args.eval_every}", *overrides])
         out = train_and_evaluate(config, args.out / name, progress=False)
         examples = out["history"][-1]["step"] * config.train.batch_size
         runs[name] = {"history": out["history"],
@@ -59,7 +62,7 @@ def main() -> None:
         print(f"{name:<14}{run['examples_per_s']:>12.0f}{best:>14.4f}{shown:>13}")
     print(json.dumps({"examples_per_s": {n: round(r["examples_per_s"], 1) for n, r in runs.items()},
                       "seconds_to_baseline_quality": seconds, "target_ndcg10": target,
-                      "epochs": args.epochs}))
+                      "epochs": args.epochs, "eval_every_steps": args.eval_every}))
 
 
 if __name__ == "__main__":
