@@ -34,7 +34,7 @@ import numpy as np
 import tqdm
 from tensorboardX import SummaryWriter
 
-from onepiece_jax.config import ConfigError
+from onepiece_jax.config import ConfigError, base_config
 from onepiece_jax.data.context import ContextConfig
 from onepiece_jax.data.events import EventLog
 from onepiece_jax.data.loader import (
@@ -372,9 +372,17 @@ def _save_config(config, workdir: Path) -> None:
     if "distributed" in saved:  # per process: `onepiece eval` takes it from the environment
         saved.distributed.process_id = -1
     text = saved.to_json_best_effort(indent=1)
-    if path.is_file() and json.loads(path.read_text()).get("model") != json.loads(text)["model"]:
-        raise ConfigError(f"{workdir} holds a run with a different config.model; use a new "
-                          "--workdir or the same model config to resume")
+    if path.is_file():
+        before, now = json.loads(path.read_text()).get("model") or {}, json.loads(text)["model"]
+        # a key added to the model config since that run was started holds its default there
+        defaults = json.loads(base_config().model.to_json_best_effort())
+        before = {**{k: v for k, v in defaults.items() if k not in before}, **before}
+        changed = sorted(k for k in before.keys() | now.keys() if before.get(k) != now.get(k))
+        if changed:
+            raise ConfigError(f"{workdir} holds a run with a different config.model ("
+                              + ", ".join(f"{k}: {before.get(k)!r} -> {now.get(k)!r}"
+                                          for k in changed)
+                              + "); use a new --workdir or the same model config to resume")
     distributed.barrier("config checked")  # every process compared before process 0 writes
     if distributed.is_primary():
         path.write_text(text)

@@ -5,6 +5,7 @@ import json
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+import pytest
 
 from onepiece_jax.train.loop import evaluate_workdir, train_and_evaluate
 from tests.train.conftest import tiny_config
@@ -115,3 +116,22 @@ def test_hard_negatives_use_the_category_table_not_the_first_side_feature():
                         "cate_1": np.array([[0], [1], [2], [1], [2], [1], [2]])}}
     tables = negative_tables(np.ones(n + 1, np.float32), catalog)
     np.testing.assert_array_equal(np.asarray(tables.item_category), [0, 1, 2, 1, 2, 1, 2])
+
+
+def test_resuming_accepts_a_model_key_added_since_with_its_default_and_names_real_changes(
+        tmp_path):
+    """A workdir whose config.json predates a model key (e.g. ``embed_init_std``) resumes when
+    the key keeps its default; a changed field is refused, named with both values."""
+    from onepiece_jax.config import ConfigError, base_config
+    from onepiece_jax.train.loop import _save_config
+
+    config = base_config()
+    _save_config(config, tmp_path)
+    saved = json.loads((tmp_path / "config.json").read_text())
+    del saved["model"]["embed_init_std"]
+    (tmp_path / "config.json").write_text(json.dumps(saved))
+    _save_config(config, tmp_path)
+    assert json.loads((tmp_path / "config.json").read_text())["model"]["embed_init_std"] == 0.0
+    config.model.embed_init_std = 0.02
+    with pytest.raises(ConfigError, match=r"embed_init_std: 0\.0 -> 0\.02"):
+        _save_config(config, tmp_path)
