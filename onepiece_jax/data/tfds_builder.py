@@ -65,6 +65,15 @@ def _feature_dict(example: dict) -> tfds.features.FeaturesDict:
     return tfds.features.FeaturesDict(feats)
 
 
+class _LocalDatasetInfo(tfds.core.DatasetInfo):
+    """A build's metadata lives only in its directory. TFDS looks up a new dataset's metadata on
+    GCS when its builder is made and leaves an empty ``/tmp/tmp*tfds`` folder behind on every
+    look-up, even with GCS disabled; these datasets are never on GCS, so skip the look-up."""
+
+    def initialize_from_bucket(self) -> None:
+        return None
+
+
 def _make_builder_class(builder: ContextBuilder, sample: dict):
     class OnepieceExamples(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         """Context-engineered OnePiece examples (one per prediction)."""
@@ -73,8 +82,8 @@ def _make_builder_class(builder: ContextBuilder, sample: dict):
         name = TFDS_NAME
 
         def _info(self):
-            return tfds.core.DatasetInfo(builder=self, features=_feature_dict(sample),
-                                         description="OnePiece context-engineered examples")
+            return _LocalDatasetInfo(builder=self, features=_feature_dict(sample),
+                                     description="OnePiece context-engineered examples")
 
         def _split_generators(self, dl_manager):
             return {split: self._generate_examples(split) for split in SPLITS}

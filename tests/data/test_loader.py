@@ -1,6 +1,7 @@
 """TFDS build round trip and the resumable fixed-shape batch iterator."""
 
 import json
+import tempfile
 
 import numpy as np
 import pytest
@@ -81,3 +82,12 @@ def test_build_summary_counts_users_too_short_for_leave_one_out(tmp_path):
         setattr(log, name, getattr(log, name)[keep])
     summary = build(log, ContextConfig(ih_max_len=4, pool_window=2), tmp_path / "b")
     assert summary["skipped"]["users_with_fewer_than_3_events"] >= 1
+
+
+def test_build_leaves_nothing_in_the_temp_dir(tmp_path, monkeypatch):
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+    build(make_log(users=10, events=100), ContextConfig(ih_max_len=4, pool_window=2),
+          tmp_path / "b")
+    assert list(scratch.iterdir()) == []
