@@ -475,6 +475,7 @@ def _train_and_evaluate(config, workdir: str | Path, *, progress: bool,
                     dynamic_ncols=True, file=sys.stdout)
     last_val = book["history"][-1]["value"] if book["history"] else float("nan")
     window_start, window_examples = time.perf_counter(), 0
+    checks = _FiniteChecks(tcfg, book)
     with _PREEMPTION as preempt:
         if preempt.requested and not done:  # arrived during setup: nothing new to save
             return _preempted(step, bar, writer, ckpts, book, saved=False)
@@ -486,8 +487,9 @@ def _train_and_evaluate(config, workdir: str | Path, *, progress: bool,
                                             job.tables, step_rng)
                 step += 1
                 window_examples += int(batch["example_mask"].sum())
-                _check_finite(metrics, step, tcfg, book, state)
+                checks.push(metrics, step)
                 if step % int(tcfg.log_every_steps) == 0 or step == total_steps:
+                    checks.flush()  # a logged step has been checked
                     rate = window_examples / max(time.perf_counter() - window_start, 1e-9)
                     _log(writer, bar, metrics, step, rate, last_val, config)
                     window_start, window_examples = time.perf_counter(), 0
@@ -495,6 +497,8 @@ def _train_and_evaluate(config, workdir: str | Path, *, progress: bool,
                 at_validation = step >= total_steps or (
                     step % every == 0 if every else it.state.position >= steps_per_epoch)
                 preempting = preempt.requested or step == preempt_at_step
+                if preempting or at_validation:  # nothing unchecked is validated or saved
+                    checks.flush()
                 if preempting and not at_validation:
                     book["iterator"] = it.get_state()
                     book["train_seconds"] += time.perf_counter() - chunk_start
@@ -558,7 +562,28 @@ def _debug_loss_scale(batch: dict, step: int, tcfg) -> dict:
     return {**batch, "debug_loss_scale": scale}
 
 
-def _check_finite(metrics, step: int, tcfg, book: dict, state) -> None:
+class _FiniteChecks:
+    """Checks every step's ``metrics['finite']`` one step late: reading it waits for the device,
+    so checking a step only after the next one is dispatched lets the host prepare that batch
+    while the device still runs. ``flush`` checks the pending step at once; the loop calls it
+    before a step's results are logged, validated or saved."""
+
+    def __init__(self, tcfg, book: dict):
+        self.tcfg, self.book = tcfg, book
+        self.pending: tuple[dict, int] | None = None
+
+    def push(self, metrics: dict, step: int) -> None:
+        self.flush()
+        self.pending = (metrics, step)
+
+    def flush(self) -> None:
+        if self.pending is not None:
+            metrics, step = self.pending
+            self.pending = None
+            _check_finite(metrics, step, self.tcfg, self.book)
+
+
+def _check_finite(metrics, step: int, tcfg, book: dict) -> None:
     """Applies ``config.train.nonfinite_policy`` after the step has already kept the old params
     and optimizer state on a non-finite loss or gradient: ``stop`` raises ``NonFiniteError``
     (nothing new is saved, the last good checkpoint stays the latest); ``skip`` counts the step
@@ -571,7 +596,8 @@ def _check_finite(metrics, step: int, tcfg, book: dict, state) -> None:
     policy = f"config.train.nonfinite_policy={tcfg.nonfinite_policy!r}"
     if tcfg.nonfinite_policy == "skip":
         book["skipped_nonfinite"] += 1
-        in_a_row, limit = int(state.nonfinite), int(tcfg.get("max_nonfinite_in_a_row", 10))
+        in_a_row = int(metrics["nonfinite_in_a_row"])
+        limit = int(tcfg.get("max_nonfinite_in_a_row", 10))
         if in_a_row < limit:
             tqdm.tqdm.write(f"warning: step {step}: non-finite {what}; update skipped ({in_a_row} "
                             f"in a row, {book['skipped_nonfinite']} in total)", file=sys.stdout)

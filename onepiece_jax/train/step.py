@@ -145,7 +145,8 @@ def _apply_gradients(optimizer: optax.GradientTransformation, state: TrainState,
         params=keep(params, state.params),
         opt_state=keep(opt_state, state.opt_state),
         nonfinite=jnp.where(finite, 0, state.nonfinite + 1))
-    metrics = {**metrics, "grad_norm": grad_norm, "finite": finite.astype(jnp.float32)}
+    metrics = {**metrics, "grad_norm": grad_norm, "finite": finite.astype(jnp.float32),
+               "nonfinite_in_a_row": new_state.nonfinite.astype(jnp.float32)}
     return new_state, metrics
 
 

@@ -7,7 +7,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from onepiece_jax.train.loop import evaluate_workdir, train_and_evaluate
+from onepiece_jax.train.loop import NonFiniteError, evaluate_workdir, train_and_evaluate
 from tests.train.conftest import tiny_config
 
 
@@ -61,6 +61,26 @@ def test_eval_every_steps_validates_across_epoch_ends_and_resumes_exactly(plante
     diffs = jax.tree.leaves(jax.tree.map(lambda x, y: float(np.max(np.abs(x - y))), a, b))
     assert max(diffs) <= 1e-6
     assert [h["value"] for h in resumed["history"]] == [h["value"] for h in whole["history"]]
+
+
+@pytest.mark.parametrize("overrides, message", [
+    # NaN on the last step of epoch 1, a validation step: it stops before validating or saving
+    ({"debug_nan_at_step": 20},
+     r"step 20: non-finite grad_norm, loss \(config.train.nonfinite_policy=.stop.\)"),
+    # skipped mid-epoch, between two logged steps: the step that reaches the limit is named
+    ({"debug_nan_at_step": 5, "debug_nan_steps": 4, "nonfinite_policy": "skip",
+      "max_nonfinite_in_a_row": 3}, "step 7: non-finite grad_norm, loss; 3 non-finite steps"),
+])
+def test_nonfinite_steps_are_caught_when_checked_a_step_late(planted_build, tmp_path, overrides,
+                                                            message):
+    """Steps are logged every 1000 here, so each step's finiteness is read only after the next
+    step is dispatched; the step named and what is saved must not change with that."""
+    cfg = tiny_config(str(planted_build))
+    cfg.train.update(epochs=2, **overrides)
+    with pytest.raises(NonFiniteError, match=message):
+        train_and_evaluate(cfg, tmp_path / "run", progress=False)
+    assert not (tmp_path / "run" / "checkpoints").exists() or not any(
+        p.name.isdigit() for p in (tmp_path / "run" / "checkpoints").iterdir())
 
 
 def test_eval_command_reads_any_checkpoint(planted_build, tmp_path):
