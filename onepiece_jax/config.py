@@ -133,6 +133,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
     if config.train.get("eval_every_steps", 0) < 0:
         raise ConfigError(f"config.train.eval_every_steps={config.train.eval_every_steps}: must "
                           "be >= 0 (0 = once per epoch)")
+    if config.eval.get("max_examples", 0) < 0:
+        raise ConfigError(f"config.eval.max_examples={config.eval.max_examples}: must be >= 0 "
+                          "(0 = every example of the split)")
     if config.train.batch_size < 1:
         raise ConfigError(f"config.train.batch_size={config.train.batch_size}: must be >= 1")
     if config.loss.kind not in ("onepiece", "next_item_softmax"):
@@ -194,8 +197,10 @@ def base_config() -> ml_collections.ConfigDict:
         nonfinite_policy="stop", max_nonfinite_in_a_row=10,
         # debug hook: NaN loss on steps debug_nan_at_step .. +debug_nan_steps-1 (1-based; 0 = off)
         debug_nan_at_step=0, debug_nan_steps=1))
+    # max_examples: evaluate a fixed random subset of that many examples of every split (0: all);
+    # for quick validation and smoke runs, and every protocol string then says so
     c.eval = ml_collections.ConfigDict(dict(
-        ks=(10, 50, 200), exclude_history=True, batch_size=512, item_chunk=4096))
+        ks=(10, 50, 200), exclude_history=True, batch_size=512, item_chunk=4096, max_examples=0))
     # (data, model) device mesh; -1 = every device the other axis leaves. Embedding tables are
     # split over `model` (and `data` too with shard_tables_over_data) on the vocabulary axis, their
     # rows padded to a multiple of vocab_multiple (0 = the number of table shards).

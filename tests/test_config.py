@@ -35,6 +35,7 @@ def test_overrides_are_parsed_with_the_field_type():
     ("--config.model.reasoning_steps=7", "config.model.reasoning_steps=7"),
     ("--config.model.reasoning_steps=3", "config.loss.strategy='progressive'"),
     ("--config.train.eval_every_steps=-5", "config.train.eval_every_steps=-5"),
+    ("--config.eval.max_examples=-1", "config.eval.max_examples=-1"),
     ("--config.train.eval_every_epochs=2", "config.train.eval_every_epochs"),
 ])
 def test_bad_override_names_the_key(override, key):

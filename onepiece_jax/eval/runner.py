@@ -17,13 +17,26 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 import jax
+import numpy as np
 from jax.sharding import NamedSharding
 
-from onepiece_jax.data.loader import BatchIterator, device_batch
+from onepiece_jax.data.loader import BatchIterator, device_batch, num_rows, take_rows
 from onepiece_jax.eval.metrics import RetrievalMetrics
 from onepiece_jax.eval.ranking import RankingEvaluator
 from onepiece_jax.eval.retrieval import protocol_string, target_ranks
 from onepiece_jax.parallel.distributed import to_host
+
+
+def eval_subset(arrays: dict, max_examples: int, seed: int = 0) -> tuple[dict, str]:
+    """A fixed random subset of ``max_examples`` rows (``config.eval.max_examples``), in split
+    order, and the note every protocol string of it carries; the whole split and "" when
+    ``max_examples`` is 0 or covers it. The subset depends only on the split and ``seed``, so
+    every checkpoint and model of a comparison is scored on the same examples."""
+    n = num_rows(arrays)
+    if max_examples <= 0 or max_examples >= n:
+        return arrays, ""
+    idx = np.sort(np.random.default_rng(seed).choice(n, max_examples, replace=False))
+    return take_rows(arrays, idx), f"{max_examples} of {n} examples (fixed random subset)"
 
 
 def evaluate_retrieval(user_fn: Callable[[dict], jax.Array], item_vecs: jax.Array,

@@ -27,6 +27,7 @@ from onepiece_jax.data.tfds_builder import dataset_label
 from onepiece_jax.eval.metrics import RetrievalMetrics
 from onepiece_jax.eval.ranking import RankingEvaluator
 from onepiece_jax.eval.retrieval import protocol_string
+from onepiece_jax.eval.runner import eval_subset
 
 BUCKET_SECONDS = 3600
 
@@ -131,7 +132,7 @@ def evaluate_popularity(config, build_dir: str | Path, window: int, *, split: st
     from onepiece_jax.data.tfds_builder import read_log
 
     data = BuiltDataset.open(build_dir)
-    arrays = data.load_split(split)
+    arrays, subset = eval_subset(data.load_split(split), int(config.eval.get("max_examples", 0)))
     builder = ContextBuilder(read_log(config) if log is None else log,
                              ContextConfig.from_config(config))
     mask = builder.train_mask
@@ -139,6 +140,7 @@ def evaluate_popularity(config, build_dir: str | Path, window: int, *, split: st
     timed = bool(data.spec["has_timestamps"])
     num_items = int(data.spec["num_items"])
     how = f"popularity ranker: {window_text(window, timed)}, ties by all earlier ones"
+    how += f" | {subset}" if subset else ""
     if config.mode == "retrieval":
         exclude_history = bool(config.eval.exclude_history)
         ranks = popularity_ranks(times, items, num_items, example_time=arrays["time"],

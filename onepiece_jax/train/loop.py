@@ -48,7 +48,7 @@ from onepiece_jax.data.loader import (
 from onepiece_jax.data.tfds_builder import build, dataset_label, read_log
 from onepiece_jax.eval.ranking import task_readouts, task_scores
 from onepiece_jax.eval.retrieval import catalogue_layout, catalogue_vectors
-from onepiece_jax.eval.runner import evaluate_ranking, evaluate_retrieval
+from onepiece_jax.eval.runner import eval_subset, evaluate_ranking, evaluate_retrieval
 from onepiece_jax.model.config import from_config as model_config_from
 from onepiece_jax.model.onepiece import OnePiece, param_summary
 from onepiece_jax.parallel import distributed
@@ -305,18 +305,23 @@ def evaluate_split(job: Job, params, arrays: dict, split: str) -> dict:
     cfg = job.config
     batch_size = int(cfg.eval.batch_size)
     check_batch_size(batch_size, job.mesh, "config.eval.batch_size")
+    arrays, subset = eval_subset(arrays, int(cfg.eval.get("max_examples", 0)))
     common = dict(batch_size=batch_size, dataset=dataset_label(job.data.spec["dataset"], cfg),
                   split=split, put=job.put, rows=job.rows(batch_size))
     if cfg.mode == "retrieval":
         item_vecs = job.item_vectors_fn(params, job.catalog)
-        return evaluate_retrieval(
+        result = evaluate_retrieval(
             functools.partial(job.user_vectors_fn, params, catalog=job.catalog), item_vecs,
             arrays, ks=tuple(cfg.eval.ks), exclude_history=bool(cfg.eval.exclude_history),
             chunk=job.eval_chunk, num_items=int(job.data.spec["num_items"]),
             shards=job.item_shards, item_sharding=job.item_sharding, **common)
-    return evaluate_ranking(functools.partial(job.scores_fn, params, catalog=job.catalog),
-                            arrays, group_size=job.group_size, task_names=tuple(cfg.tasks),
-                            **common)
+    else:
+        result = evaluate_ranking(functools.partial(job.scores_fn, params, catalog=job.catalog),
+                                  arrays, group_size=job.group_size,
+                                  task_names=tuple(cfg.tasks), **common)
+    if subset:
+        result["protocol"] += f" | {subset}"
+    return result
 
 
 def headline(result: dict, config) -> float:

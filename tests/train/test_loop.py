@@ -7,7 +7,14 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from onepiece_jax.train.loop import NonFiniteError, evaluate_workdir, train_and_evaluate
+from onepiece_jax.train.loop import (
+    NonFiniteError,
+    evaluate_split,
+    evaluate_workdir,
+    make_job,
+    restore_state,
+    train_and_evaluate,
+)
 from tests.train.conftest import tiny_config
 
 
@@ -97,6 +104,23 @@ def test_eval_command_reads_any_checkpoint(planted_build, tmp_path):
     assert both["metrics"]["MRR"] <= val["metrics"]["MRR"] + 1e-9
     assert (tmp_path / "run" / "results" / "validation-history-included.json").is_file()
     assert (tmp_path / "run" / "results" / "validation-history-excluded.json").is_file()
+
+
+def test_eval_max_examples_scores_the_same_subset_every_time_and_says_so(planted_build,
+                                                                       tmp_path):
+    cfg = tiny_config(str(planted_build))
+    cfg.train.update(epochs=1, max_steps=3)
+    train_and_evaluate(cfg, tmp_path / "run", progress=False)
+    job = make_job(cfg, tmp_path / "run")
+    arrays = job.data.load_split("validation")
+    params = restore_state(job, arrays, "latest")[0].params
+    whole = evaluate_split(job, params, arrays, "validation")
+    job.config.eval.max_examples = 40
+    first, second = (evaluate_split(job, params, arrays, "validation") for _ in range(2))
+    assert first == second and first["metrics"]["count"] == 40
+    n = int(whole["metrics"]["count"])
+    assert n > 40 and first["protocol"] == f"{whole['protocol']} | 40 of {n} examples (fixed " \
+        "random subset)"
 
 
 def test_catalogue_negatives_cover_every_item_except_the_positives(planted_build):
