@@ -109,11 +109,13 @@ BUDGETS: Mapping[str, Budget] = _frozen({
                  "context.ih_max_len": 8}),
         _frozen({"default": (300, 2000), "large": (300, 2000)}), seeds=1),
     "small": Budget(
-        "a smoke run of every config (1 epoch capped at 40 steps, 2k-user synthetic logs, 1 "
-        "seed unless --seeds is given), meant to fit 20 minutes per suite on 2 CPU cores; far "
-        "from converged: not evidence",
+        "a smoke run of every config (1 epoch capped at 40 steps of batch 128, 2k-user "
+        "synthetic logs, each split scored on at most 2,000 examples, 1 seed unless --seeds is "
+        "given), meant to fit 20 minutes per suite on 2 CPU cores; far from converged: not "
+        "evidence",
         _frozen({"train.epochs": 1, "train.max_steps": 40, "train.warmup_steps": 10,
-                 "train.log_every_steps": 20}),
+                 "train.batch_size": 128, "train.log_every_steps": 20,
+                 "eval.max_examples": 2000}),
         _frozen({"default": (2000, 10_000), "large": (4000, 10_000)}), seeds=1),
     "full": Budget(
         "each config's own epochs and early stopping on validation; synthetic logs of 20k "
