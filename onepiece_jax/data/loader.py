@@ -17,12 +17,15 @@ global batches are exactly those of a single-process run.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import tensorflow_datasets as tfds
+from array_record.python import array_record_data_source
+from tensorflow_datasets.proto import tf_example_pb2
 
 from onepiece_jax.data.tfds_builder import TFDS_NAME, VARLEN_KEYS
 
@@ -54,9 +57,15 @@ class BuiltDataset:
             item_count = npz["stats/item_count"]
         return cls(root, spec, catalog, item_count)
 
-    def source(self, split: str):
-        path = self.root / "tfds" / TFDS_NAME / "1.0.0"
-        return tfds.builder_from_directory(str(path)).as_data_source(split=split)
+    def _builder(self):
+        return tfds.builder_from_directory(str(self.root / "tfds" / TFDS_NAME / "1.0.0"))
+
+    def records(self, split: str, varlen_width: int = 1) -> RecordSplit:
+        """The split read on demand (:class:`RecordSplit`)."""
+        builder = self._builder()
+        return RecordSplit(array_record_data_source.ArrayRecordDataSource(
+            [str(p) for p in builder.info.splits[split].filepaths]),
+            _tensor_specs(builder.info.features, self.root), varlen_width)
 
     def load_split(self, split: str, exclude_max: int | None = None,
                    chunk: int = 8192) -> dict[str, np.ndarray]:
@@ -66,35 +75,67 @@ class BuiltDataset:
         memory is the split's arrays plus one chunk of decoded records (not one Python dict of
         arrays per example for the whole split).
         """
-        src = self.source(split)
+        records = self.records(split)
+        src, features = records.source, records.features
         n = len(src)
         if n == 0:
             raise ValueError(f"{self.root}: split {split!r} has no examples")
-        out: dict[str, np.ndarray] = {}
-        varlen: dict[str, list[np.ndarray]] = {}
-        keys: list[str] = []
+        out = {key: np.empty((n, *shape), dtype) for key, (shape, dtype) in features.items()
+               if key not in VARLEN_KEYS}
+        varlen: dict[str, list[np.ndarray]] = {k: [] for k in features if k in VARLEN_KEYS}
         for lo in range(0, n, chunk):
-            rows = src.__getitems__(list(range(lo, min(n, lo + chunk))))
-            keys = keys or list(rows[0])
-            for key in keys:
-                values = [np.asarray(r[key]) for r in rows]
-                if key == "exclude":
-                    varlen.setdefault(key, []).extend(values)
-                    continue
-                block = np.stack(values)
-                if key not in out:
-                    out[key] = np.empty((n, *block.shape[1:]), block.dtype)
-                out[key][lo:lo + block.shape[0]] = block
-            del rows
+            block = _decode_records(src.__getitems__(list(range(lo, min(n, lo + chunk)))),
+                                    features)
+            for key, values in block.items():
+                if key in varlen:
+                    varlen[key].extend(values)
+                else:
+                    out[key][lo:lo + values.shape[0]] = values
         for key, values in varlen.items():
             width = max(1, max(v.shape[0] for v in values))
             if exclude_max is not None:
                 width = min(width, exclude_max)
-            arr = np.zeros((n, width), np.int32)
-            for i, v in enumerate(values):
-                arr[i, :min(v.shape[0], width)] = v[:width]
-            out[key] = arr
-        return {key: out[key] for key in keys}
+            out[key] = _pad_varlen(values, width, features[key][1])
+        return {key: out[key] for key in features}
+
+
+def _tensor_specs(features, root: Path) -> dict[str, tuple[tuple, np.dtype]]:
+    """``{key: (shape, dtype)}`` of a build's features; every one is a numeric tensor."""
+    specs = {}
+    for key, feature in features.items():
+        dtype = np.dtype(getattr(feature, "np_dtype", object))
+        if not isinstance(feature, tfds.features.Tensor) or dtype.kind not in "biuf":
+            raise ValueError(f"{root}: feature {key!r} is {feature!r}, not a numeric tensor; "
+                             "rebuild the dataset with `onepiece data build`")
+        specs[key] = (tuple(feature.shape[1:] if key in VARLEN_KEYS else feature.shape), dtype)
+    return specs
+
+
+def _pad_varlen(values: list[np.ndarray], width: int, dtype) -> np.ndarray:
+    """Variable-length rows → ``[len(values), width]``, right-padded with 0 or cut."""
+    arr = np.zeros((len(values), width), dtype)
+    for i, v in enumerate(values):
+        arr[i, :min(v.shape[0], width)] = v[:width]
+    return arr
+
+
+def _decode_records(records: list[bytes], features: dict) -> dict:
+    """Serialized ``tf.train.Example`` records → ``{key: array[len(records), *shape]}`` (a list
+    of 1-d arrays for the variable-length keys), read straight from the protos: TFDS's own
+    per-example decoding took 14.9 s for the 97k MovieLens-100K training examples, this 4.6 s
+    (and it keeps the stored dtypes, where TFDS gave int64 for int32 scalars)."""
+    examples = [tf_example_pb2.Example.FromString(r).features.feature for r in records]
+    out: dict = {}
+    for key, (shape, dtype) in features.items():
+        kind = "float_list" if dtype.kind == "f" else "int64_list"
+        values = [getattr(e[key], kind).value for e in examples]
+        if key in VARLEN_KEYS:
+            out[key] = [np.asarray(v, dtype) for v in values]
+            continue
+        size = len(values) * int(np.prod(shape, dtype=np.int64))
+        flat = np.fromiter(itertools.chain.from_iterable(values), dtype, count=size)
+        out[key] = flat.reshape(len(values), *shape)
+    return out
 
 
 @dataclasses.dataclass
@@ -106,30 +147,20 @@ class RecordSplit:
     ``varlen_width``, the width ``BuiltDataset.load_split`` gives the training split.
     """
 
-    source: Any
+    source: Any  # an ArrayRecordDataSource of serialized examples
+    features: dict  # {key: (shape, dtype)}, see _tensor_specs
     varlen_width: int = 1
 
     def __len__(self) -> int:
         return len(self.source)
 
     def take(self, idx: np.ndarray) -> dict[str, np.ndarray]:
-        rows = self.source.__getitems__([int(i) for i in idx]) if len(idx) else []
-        if not rows:  # an all-padding slice: shapes from the first record
-            first = self.source.__getitems__([0])[0]
-            return {k: v[:0] for k, v in self._stack([first]).items()}
-        return self._stack(rows)
-
-    def _stack(self, rows: list[dict]) -> dict[str, np.ndarray]:
-        out = {}
-        for key in rows[0]:
+        # (array_record refuses an empty read: an all-padding slice of a batch asks for none)
+        records = self.source.__getitems__([int(i) for i in idx]) if len(idx) else []
+        out = _decode_records(records, self.features)
+        for key in self.features:
             if key in VARLEN_KEYS:
-                arr = np.zeros((len(rows), self.varlen_width), np.int32)
-                for i, r in enumerate(rows):
-                    v = np.asarray(r[key])[:self.varlen_width]
-                    arr[i, :v.shape[0]] = v
-                out[key] = arr
-            else:
-                out[key] = np.stack([np.asarray(r[key]) for r in rows])
+                out[key] = _pad_varlen(out[key], self.varlen_width, self.features[key][1])
         return out
 
 

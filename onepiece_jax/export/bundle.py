@@ -41,7 +41,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from onepiece_jax.data.loader import BatchIterator, BuiltDataset, RecordSplit, device_batch
+from onepiece_jax.data.loader import BatchIterator, BuiltDataset, device_batch
 from onepiece_jax.data.tfds_builder import dataset_label
 from onepiece_jax.eval.ranking import task_readouts, task_scores
 from onepiece_jax.eval.retrieval import protocol_string
@@ -113,7 +113,7 @@ def pipeline_batches(data: BuiltDataset, config, split: str,
     """One batch per size from the head of a split, as evaluation forms them (ranking requests
     in random candidate groups of C with evaluation's seed 0), padded rows included. Each batch
     is a prefix of the largest one, so one reference run covers them all."""
-    source = RecordSplit(data.source(split))
+    source = data.records(split)
     if len(source) == 0:
         raise ExportError(f"{data.root}: split {split!r} has no examples")
     largest = max(sizes)

@@ -40,7 +40,6 @@ from onepiece_jax.data.events import EventLog
 from onepiece_jax.data.loader import (
     BatchIterator,
     BuiltDataset,
-    RecordSplit,
     device_batch,
     num_rows,
     take_rows,
@@ -253,7 +252,7 @@ def _train_split(job: Job):
     each process decodes only its rows of every batch (ranking regroups candidates over the whole
     split every epoch, so it keeps the split in memory)."""
     if jax.process_count() > 1 and job.group_size is None:
-        return RecordSplit(job.data.source("train"))
+        return job.data.records("train")
     return job.data.load_split("train")
 
 

@@ -32,6 +32,9 @@ def test_build_writes_every_split_with_the_builder_examples(built):
         got = sorted(zip(arrays["user"], arrays["time"], arrays["target"], strict=True))
         want = sorted((e["user"], e["time"], e["target"]) for e in expected.values())
         assert got == want
+        example = next(iter(expected.values()))  # the stored dtypes, scalars included
+        assert {k: arrays[k].dtype for k in arrays} == {k: np.asarray(v).dtype
+                                                        for k, v in example.items()}
     assert json.loads((out / "features.json").read_text())["pa_groups"] == ["buy", "view"]
     assert ds.catalog["item"]["category"].shape == (log.num_items + 1, 1)
     assert ds.item_count.sum() == b.train_mask.sum()

@@ -12,7 +12,7 @@ import pytest
 from jax.sharding import AbstractMesh, PartitionSpec
 
 from onepiece_jax.config import ConfigError, base_config, validate
-from onepiece_jax.data.loader import BatchIterator, BuiltDataset, RecordSplit, pad_batch
+from onepiece_jax.data.loader import BatchIterator, BuiltDataset, pad_batch
 from onepiece_jax.model.onepiece import OnePiece
 from onepiece_jax.parallel import distributed
 from onepiece_jax.parallel.mesh import make_mesh, process_rows, put_batch
@@ -217,8 +217,8 @@ def test_process_slices_of_every_batch_add_up_to_the_global_batch(planted_build,
     kw = dict(shuffle=True, seed=3, drop_remainder=drop_remainder)
     whole = list(BatchIterator(arrays, 64, **kw))
     parts = _split_iterators(arrays, [slice(0, 32), slice(32, 64)], **kw)
-    records = _split_iterators(RecordSplit(data.source("validation"), varlen_width=arrays[
-        "exclude"].shape[1]), [slice(0, 32), slice(32, 64)], **kw)
+    records = _split_iterators(data.records("validation", varlen_width=arrays["exclude"].shape[1]),
+                               [slice(0, 32), slice(32, 64)], **kw)
     assert len(whole) == (1 if drop_remainder else 2)
     for i, batch in enumerate(whole):
         for split in (parts, records):
@@ -231,7 +231,7 @@ def test_process_slices_of_every_batch_add_up_to_the_global_batch(planted_build,
 def test_record_split_decodes_only_the_rows_asked_for(planted_build):  # noqa: F811
     data = BuiltDataset.open(planted_build)
     arrays = data.load_split("train")
-    split = RecordSplit(data.source("train"))
+    split = data.records("train")
     assert len(split) == arrays["user"].shape[0]
     idx = np.array([5, 0, 17])
     got = split.take(idx)
