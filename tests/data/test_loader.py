@@ -94,3 +94,17 @@ def test_build_leaves_nothing_in_the_temp_dir(tmp_path, monkeypatch):
     build(make_log(users=10, events=100), ContextConfig(ih_max_len=4, pool_window=2),
           tmp_path / "b")
     assert list(scratch.iterdir()) == []
+
+
+def test_a_record_with_the_wrong_number_of_values_names_the_build_and_feature(built):
+    from tensorflow_datasets.proto import tf_example_pb2
+
+    from onepiece_jax.data.loader import _decode_records
+
+    out, *_ = built
+    records = BuiltDataset.open(out).records("train")
+    good = records.source.__getitems__([0])[0]
+    example = tf_example_pb2.Example.FromString(good)
+    del example.features.feature["ih_item"].int64_list.value[-1]  # one value short
+    with pytest.raises(ValueError, match=r"B \(train\): feature 'ih_item': the records do not"):
+        _decode_records([good, example.SerializeToString()], records.features, "B (train)")
