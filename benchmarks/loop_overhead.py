@@ -68,15 +68,15 @@ def harness(config, workdir: Path, steps: int, repeats: int) -> dict[str, float]
         return state, time.perf_counter() - start
 
     def host_loop(state, late: bool):
-        start, pending = time.perf_counter(), None
-        for b in batches():
+        """The loop's own ``_FiniteChecks``: each flag read one step late, or at once."""
+        checks = loop._FiniteChecks(config.train, {"skipped_nonfinite": 0})
+        start = time.perf_counter()
+        for i, b in enumerate(batches(), 1):
             state, metrics = step(state, b, job.catalog, job.tables, rng)
-            if late and pending is not None:
-                float(pending["finite"])
-            pending = metrics
+            checks.push(metrics, i)
             if not late:
-                float(metrics["finite"])
-        float(pending["finite"])
+                checks.flush()
+        checks.flush()
         return state, time.perf_counter() - start
 
     variants = {"device only": device_only,
