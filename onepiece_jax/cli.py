@@ -159,7 +159,8 @@ def _experiment(args: argparse.Namespace) -> int:
         raise ValueError("--suite NAME is required (see --list)")
     try:
         run_suite(args.suite, seeds=args.seeds, budget=args.budget, out=args.out,
-                  data_dir=args.data_dir, reports=args.reports, report_only=args.report_only)
+                  data_dir=args.data_dir, reports=args.reports, report_only=args.report_only,
+                  jobs=args.jobs)
     except SuitePreempted as e:
         print(str(e), flush=True)
     except NonFiniteError as e:
@@ -184,6 +185,9 @@ def _add_experiment_parser(subparsers: argparse._SubParsersAction) -> None:
                     help="folder with the public datasets (ml-100k/, amazon-s3rec/Beauty.txt, "
                          "taobao-userbehavior-slice/UserBehavior.csv)")
     ex.add_argument("--reports", type=Path, default=Path("reports"))
+    ex.add_argument("--jobs", type=int, default=1,
+                    help="runs at once, each in its own process (on CPU, 2 lets one run compile "
+                         "while another trains); logs go to OUT/SUITE/_logs/")
     ex.add_argument("--report-only", action="store_true",
                     help="write the report from the finished runs, train nothing")
     ex.add_argument("--list", action="store_true", help="list the suites and exit")

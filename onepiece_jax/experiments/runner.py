@@ -10,8 +10,10 @@ Layout under ``--out`` (default ``runs/experiments``)::
                                                 config hash, command, wall time)
     NAME/_stale/                                runs whose config changed, moved aside
 
-A run is cached when its ``results.json`` exists and the hash of its fully resolved config equals
-the one in ``experiment.json``; a half-trained run resumes from its latest checkpoint (the
+A run is cached when its ``results.json`` exists and its fully resolved config equals the one in
+``experiment.json`` (compared by hash; a key added to the defaults since that run was made counts
+as holding its default there, so upgrading does not retrain every finished run); a half-trained
+run resumes from its latest checkpoint (the
 standard resume of ``train_and_evaluate``); a run whose config changed is moved to ``_stale/``
 and trained again. So the same command resumes a half-finished suite, and a report can be
 regenerated at any time from what has finished (``--report-only``).
@@ -19,12 +21,18 @@ regenerated at any time from what has finished (``--report-only``).
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import hashlib
 import json
+import os
 import shlex
 import shutil
+import signal
+import subprocess
+import sys
 import time
+import traceback
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -44,6 +52,8 @@ from onepiece_jax.experiments.suites import (
 )
 
 RECORD = "experiment.json"
+EXIT_PREEMPTED = 75  # a run process that was preempted and saved (EX_TEMPFAIL)
+EXIT_NONFINITE = 3  # as `onepiece train`
 FETCHERS: Mapping[str, Callable[[Path], Path]] = {"ml100k": fetch_ml100k}
 SYNTHETIC_SEED = 0  # the logs are one fixed world; seeds vary the training
 
@@ -192,9 +202,36 @@ def run_status(run: Run) -> str:
                              f"{run.workdir} exists but has no {RECORD} (not made by "
                              "`onepiece experiment`); move it away")
         return "new"
-    if record.get("digest") != run.digest:
+    if record.get("digest") != run.digest and not _same_config(record, run):
         return "stale"
     return "done" if (run.workdir / "results.json").is_file() else "partial"
+
+
+def with_defaults(stored: Mapping[str, Any], defaults: Mapping[str, Any]) -> dict:
+    """``stored`` with every key it lacks taken from ``defaults``, recursively: what a config
+    saved before those keys existed resolves to now."""
+    filled = dict(stored)
+    for key, default in defaults.items():
+        if key not in filled:
+            filled[key] = default
+        elif isinstance(filled[key], Mapping) and isinstance(default, Mapping):
+            filled[key] = with_defaults(filled[key], default)
+    return filled
+
+
+def _same_config(record: Mapping[str, Any], run: Run) -> bool:
+    """Whether the run's stored config (the record's; for records older than that, the
+    workdir's ``config.json``), with keys added since filled by their defaults, is the run's
+    config now."""
+    from onepiece_jax.config import base_config
+
+    stored = record.get("config")
+    saved = run.workdir / "config.json"
+    if stored is None and saved.is_file():
+        stored = json.loads(saved.read_text())
+    if not isinstance(stored, Mapping):
+        return False
+    return digest(with_defaults(stored, base_config().to_dict())) == run.digest
 
 
 def _move_aside(run: Run) -> Path:
@@ -209,7 +246,8 @@ def _move_aside(run: Run) -> Path:
 def _write_record(run: Run, **fields: Any) -> None:
     record = {"suite": run.suite, "variant": run.variant.name, "label": run.variant.label,
               "data": run.variant.data, "seed": run.seed, "budget": run.budget,
-              "digest": run.digest, "command": run.command, **fields}
+              "digest": run.digest, "command": run.command, **fields,
+              "config": json.loads(json.dumps(run.config.to_dict(), default=str))}
     (run.workdir / RECORD).write_text(json.dumps(record, indent=1))
 
 
@@ -287,11 +325,14 @@ def default_command(name: str, *, seeds: int, budget: str, out: Path, data_dir: 
 def run_suite(name: str, *, seeds: int | None = None, budget: str = "small",
               out: str | Path = "runs/experiments", data_dir: str | Path = "data",
               reports: str | Path = "reports", report_only: bool = False,
-              command: str | None = None) -> Path:
+              command: str | None = None, jobs: int = 1) -> Path:
     """Runs (or, with ``report_only``, only reports) a suite; returns the report's path.
-    ``seeds`` defaults to the budget's (1 for the small smoke run, 3 for full)."""
+    ``seeds`` defaults to the budget's (1 for the small smoke run, 3 for full); ``jobs`` > 1
+    runs that many at once, each in its own process (see ``run_in_processes``)."""
     from onepiece_jax.experiments.report import write_report
 
+    if jobs < 1:
+        raise ValueError(f"--jobs must be >= 1, got {jobs}")
     suite = get_suite(name)
     seeds = get_budget(budget).seeds if seeds is None else seeds
     out, data_dir = Path(out), Path(data_dir)
@@ -300,14 +341,143 @@ def run_suite(name: str, *, seeds: int | None = None, budget: str = "small",
     command = command or default_command(name, seeds=seeds, budget=budget, out=out,
                                          data_dir=data_dir)
     start = time.perf_counter()
-    if not report_only:
+    if not report_only and jobs == 1:
         for i, run in enumerate(runs, 1):
-            print(f"[{i}/{len(runs)}] {name}/{run.variant.name} seed {run.seed} "
-                  f"({run.variant.label}): {run_status(run)} → {run.workdir}", flush=True)
+            print(f"{_heading(i, runs)}: {run_status(run)} → {run.workdir}", flush=True)
             did = execute(run, attention=suite.attention)
             print(f"[{i}/{len(runs)}] {did}", flush=True)
+    elif not report_only:
+        run_in_processes(runs, jobs=jobs, attention=suite.attention, data_dir=data_dir)
     path = write_report(suite, runs, budget=budget, seeds=seeds, command=command,
                         out_dir=Path(reports) / name)
     print(f"{name}: {len(runs)} runs, {time.perf_counter() - start:.0f} s; report {path}",
           flush=True)
     return path
+
+
+def _heading(i: int, runs: list[Run]) -> str:
+    run = runs[i - 1]
+    return f"[{i}/{len(runs)}] {run.suite}/{run.variant.name} seed {run.seed} ({run.variant.label})"
+
+
+# --------------------------------------------------------------------------- several at once
+def run_in_processes(runs: list[Run], *, jobs: int, attention: bool, data_dir: Path) -> None:
+    """Brings every run to ``done`` with up to ``jobs`` run processes at once, in the suite's
+    order. On CPU a small run's time is mostly compilation, which uses one core, so one run
+    compiles while another trains.
+
+    Each process resolves its run again from the suite's definition and refuses to start if the
+    config hash differs; its output goes to ``OUT/SUITE/_logs/VARIANT-seedK.log``. Runs sharing
+    a dataset build wait for it (``ensure_built`` locks it). A failed run, or a SIGTERM/SIGINT to
+    this process, stops new runs from starting and sends SIGTERM to the running ones, which save
+    as on preemption; then the failure (with its log's tail) or ``SuitePreempted`` is raised,
+    and the same command resumes the suite.
+    """
+    waiting = []
+    for i, run in enumerate(runs, 1):
+        if run_status(run) == "done":
+            print(f"{_heading(i, runs)}: {execute(run, attention=attention)}", flush=True)
+        else:
+            waiting.append(i)
+    running: dict[subprocess.Popen, tuple[int, Path, float]] = {}
+    stopping: list[str] = []  # why no new run starts: a signal's name, or a failure
+
+    def stop(signum, frame):
+        stopping.append(signal.Signals(signum).name)
+        for proc in running:
+            proc.send_signal(signal.SIGTERM)
+
+    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGINT)}
+    failure = None
+    try:
+        while running or (waiting and not stopping):
+            while waiting and len(running) < jobs and not stopping:
+                i = waiting.pop(0)
+                status = run_status(runs[i - 1])
+                proc, log = _start_process(runs[i - 1], attention=attention, data_dir=data_dir)
+                running[proc] = (i, log, time.perf_counter())
+                print(f"{_heading(i, runs)}: {status} → {runs[i - 1].workdir} (log {log})",
+                      flush=True)
+            time.sleep(0.2)
+            for proc in [p for p in running if p.poll() is not None]:
+                i, log, began = running.pop(proc)
+                took = f"{time.perf_counter() - began:.0f} s"
+                if proc.returncode == 0:
+                    print(f"[{i}/{len(runs)}] {runs[i - 1].variant.name} seed "
+                          f"{runs[i - 1].seed}: done, {took}", flush=True)
+                elif stopping and proc.returncode in (EXIT_PREEMPTED, -signal.SIGTERM,
+                                                         -signal.SIGINT):
+                    print(f"[{i}/{len(runs)}] {runs[i - 1].variant.name} seed "
+                          f"{runs[i - 1].seed}: stopped and saved, {took}", flush=True)
+                elif failure is None:
+                    failure = (runs[i - 1], proc.returncode, log)
+                    stop(signal.SIGTERM, None)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    if failure is not None:
+        run, code, log = failure
+        lines = log.read_text(errors="replace").splitlines()[-25:] if log.is_file() else []
+        where = (f"suite {run.suite!r}, variant {run.variant.name!r}, seed {run.seed} "
+                 f"({run.workdir}) failed with exit status {code}; the other runs were stopped "
+                 f"and saved. The end of its log {log}:\n" + "\n".join(lines))
+        if code == EXIT_NONFINITE:
+            from onepiece_jax.train.loop import NonFiniteError
+
+            raise NonFiniteError(where)
+        raise RuntimeError(where)
+    if stopping:
+        raise SuitePreempted(f"suite {runs[0].suite!r} stopped by {stopping[0]}: the running "
+                             "runs saved; rerun the same command to resume")
+
+
+def _start_process(run: Run, *, attention: bool, data_dir: Path
+                   ) -> tuple[subprocess.Popen, Path]:
+    log = run.workdir.parents[1] / "_logs" / f"{run.variant.name}-seed{run.seed}.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    out = run.workdir.parents[2]
+    argv = [sys.executable, "-m", "onepiece_jax.experiments.runner", "--suite", run.suite,
+            "--variant", run.variant.name, "--seed", str(run.seed), "--budget", run.budget,
+            "--out", str(out), "--data-dir", str(data_dir), "--digest", run.digest]
+    with log.open("a") as f:
+        f.write(f"$ {shlex.join(argv)}\n")
+        f.flush()
+        proc = subprocess.Popen(argv + (["--attention"] if attention else []), stdout=f,
+                                stderr=subprocess.STDOUT, env={**os.environ,
+                                                               "PYTHONUNBUFFERED": "1"})
+    return proc, log
+
+
+def _run_process(argv: list[str] | None = None) -> int:
+    """One run of ``run_in_processes``, in its own process; the exit status says how it ended."""
+    parser = argparse.ArgumentParser(prog="python -m onepiece_jax.experiments.runner")
+    for flag in ("--suite", "--variant", "--budget", "--out", "--data-dir", "--digest"):
+        parser.add_argument(flag, required=True)
+    parser.add_argument("--seed", type=int, required=True)
+    parser.add_argument("--attention", action="store_true")
+    args = parser.parse_args(argv)
+    suite = get_suite(args.suite)
+    variant = next(v for v in suite.variants if v.name == args.variant)
+    path = data_location(variant.data, args.budget, data_dir=Path(args.data_dir),
+                         out=Path(args.out))
+    run = resolve_run(suite, variant, args.seed, args.budget, data_path=path, out=Path(args.out))
+    if run.digest != args.digest:
+        print(f"{args.suite}/{args.variant} seed {args.seed} resolves to config {run.digest}, "
+              f"not {args.digest}: the suite changed while it ran", flush=True)
+        return 1
+    try:
+        did = execute(run, attention=args.attention)
+        print(f"{args.suite}/{args.variant} seed {args.seed}: {did}", flush=True)
+    except SuitePreempted as e:
+        print(e, flush=True)
+        return EXIT_PREEMPTED
+    except Exception as e:
+        traceback.print_exc()
+        from onepiece_jax.train.loop import NonFiniteError
+
+        return EXIT_NONFINITE if isinstance(e, NonFiniteError) else 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(_run_process())

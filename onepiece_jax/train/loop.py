@@ -15,7 +15,9 @@ writes ``config.json``, ``params.txt``, TensorBoard events, ``history.json`` and
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import fcntl
 import functools
 import json
 import os
@@ -109,16 +111,30 @@ def ensure_built(config, workdir: Path, log: EventLog | None = None) -> Path:
         if not stamp.is_file():
             raise ConfigError(f"{out}: process 0 did not build the dataset here; with several "
                               "hosts config.dataset.build_dir must be on a shared filesystem")
-    if stamp.is_file():
-        if json.loads(stamp.read_text()) != key:
-            raise ConfigError(f"{out} holds a dataset built from a different config.dataset/"
-                              "context/tasks; point config.dataset.build_dir elsewhere")
-    else:
-        build(read_log(config) if log is None else log, ContextConfig.from_config(config), out)
-        stamp.write_text(json.dumps(key, indent=1))
+    with _build_lock(out):
+        if stamp.is_file():
+            if json.loads(stamp.read_text()) != key:
+                raise ConfigError(f"{out} holds a dataset built from a different config.dataset/"
+                                  "context/tasks; point config.dataset.build_dir elsewhere")
+        else:
+            build(read_log(config) if log is None else log, ContextConfig.from_config(config), out)
+            stamp.write_text(json.dumps(key, indent=1))
     if jax.process_count() > 1 and distributed.is_primary():
         distributed.barrier("dataset built")
     return out
+
+
+@contextlib.contextmanager
+def _build_lock(out: Path):
+    """Holds an exclusive lock on ``out`` while its build is checked or made, so runs started
+    together on one build directory (``onepiece experiment --jobs``) build it once."""
+    out.mkdir(parents=True, exist_ok=True)
+    with (out / ".build.lock").open("w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 # --------------------------------------------------------------------------- setup

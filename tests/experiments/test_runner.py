@@ -2,7 +2,14 @@
 and key, runs are cached / resumed / moved aside by config hash, and the smallest suite runs end
 to end on the tiny budget (training, popularity scoring, attention maps, report)."""
 
+import dataclasses
 import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -99,6 +106,82 @@ def test_status_cached_partial_stale_and_foreign(tmp_path):
         run_status(changed)
 
 
+def test_a_default_added_since_a_run_finished_keeps_it_cached(tmp_path):
+    """A key new in the defaults (as eval.max_examples once was) changes every config's hash;
+    a finished run whose stored config lacks it still counts as done if it holds the default,
+    from the record's config or, for records older than that, the workdir's config.json."""
+    config = base_config()
+    run = dataclasses.replace(_fake_run(tmp_path, ""), config=config,
+                              digest=runner.digest(config.to_dict()))
+    run.workdir.mkdir(parents=True)
+    runner._write_record(run, status="done")
+    (run.workdir / "results.json").write_text("{}")
+    record = json.loads((run.workdir / runner.RECORD).read_text())
+    del record["config"]["eval"]["max_examples"]
+    record["digest"] = "older"
+    (run.workdir / runner.RECORD).write_text(json.dumps(record))
+    assert run_status(run) == "done"
+    changed = base_config()
+    changed.eval.max_examples = 100  # the new key set to something else: really another config
+    assert run_status(dataclasses.replace(run, config=changed,
+                                          digest=runner.digest(changed.to_dict()))) == "stale"
+    (run.workdir / "config.json").write_text(json.dumps(record.pop("config")))
+    (run.workdir / runner.RECORD).write_text(json.dumps(record))
+    assert run_status(run) == "done"
+    (run.workdir / "config.json").unlink()
+    assert run_status(run) == "stale"
+
+
+def _scripted_runs(tmp_path: Path, monkeypatch, scripts: dict[str, str]
+                   ) -> tuple[list[Run], list[str]]:
+    """Runs whose processes are the given Python scripts, in place of real training, and the
+    list of the runs started so far."""
+    runs = [dataclasses.replace(_fake_run(tmp_path, name), variant=Variant(name, name,
+                                                                           "synthetic", RANKING),
+                                workdir=tmp_path / "s" / name / "seed0") for name in scripts]
+
+    def start(run, *, attention, data_dir):
+        log = tmp_path / f"{run.variant.name}.log"
+        started.append(run.variant.name)
+        with log.open("w") as f:
+            proc = subprocess.Popen([sys.executable, "-c", scripts[run.variant.name]],
+                                    stdout=f, stderr=subprocess.STDOUT)
+        return proc, log
+
+    started: list[str] = []
+    monkeypatch.setattr(runner, "_start_process", start)
+    return runs, started
+
+
+SAVES_ON_SIGTERM = ("import signal, sys, time\n"
+                    "signal.signal(signal.SIGTERM, lambda *a: sys.exit(75))\n"
+                    "time.sleep(60)\n")
+
+
+def test_a_failed_run_process_is_named_with_its_log_and_stops_the_others(tmp_path,
+                                                                          monkeypatch):
+    runs, started = _scripted_runs(tmp_path, monkeypatch, {
+        "slow": SAVES_ON_SIGTERM,
+        "broken": "import time; time.sleep(0.5); print('boom: bad feature'); raise SystemExit(1)",
+        "later": "print('never started')"})
+    start = time.perf_counter()
+    with pytest.raises(RuntimeError, match=r"(?s)variant 'broken'.*exit status 1.*boom: bad"):
+        runner.run_in_processes(runs, jobs=2, attention=False, data_dir=tmp_path)
+    assert time.perf_counter() - start < 30  # "slow" was stopped, not waited for
+    assert started == ["slow", "broken"]  # nothing new starts after a failure
+
+
+def test_sigterm_stops_the_running_processes_and_says_the_suite_resumes(tmp_path, monkeypatch):
+    runs, started = _scripted_runs(tmp_path, monkeypatch, {
+        "a": SAVES_ON_SIGTERM, "b": SAVES_ON_SIGTERM, "c": SAVES_ON_SIGTERM})
+    before = signal.getsignal(signal.SIGTERM)
+    threading.Timer(1.0, os.kill, (os.getpid(), signal.SIGTERM)).start()
+    with pytest.raises(runner.SuitePreempted, match="stopped by SIGTERM.*resume"):
+        runner.run_in_processes(runs, jobs=2, attention=False, data_dir=tmp_path)
+    assert started == ["a", "b"]  # the third never starts
+    assert signal.getsignal(signal.SIGTERM) is before
+
+
 def test_popularity_variant_is_scored_without_training(tmp_path):
     suite = Suite("pop", "t", "p", (Variant("pop", "Popularity", "synthetic", RANKING,
                                             popularity_window=7 * 86_400),))
@@ -110,11 +193,11 @@ def test_popularity_variant_is_scored_without_training(tmp_path):
 
 
 def test_smallest_suite_end_to_end_on_the_tiny_budget(tmp_path, monkeypatch):
-    """The attention suite (2 variants: retrieval and ranking OnePiece) trains, saves attention
-    maps and reports; running it again trains nothing."""
+    """The attention suite (2 variants: retrieval and ranking OnePiece) trains, two run
+    processes at once, saves attention maps and reports; running it again trains nothing."""
     kwargs = dict(seeds=1, budget="tiny", out=tmp_path / "runs", data_dir=tmp_path / "data",
                   reports=tmp_path / "reports")
-    report = run_suite("attention", **kwargs)
+    report = run_suite("attention", jobs=2, **kwargs)
     text = report.read_text()
     assert "runs finished: 2 of 2" in text and "INCOMPLETE" not in text
     for label in ("OnePiece retrieval (K=3)", "OnePiece ranking (K=3, C=12)"):
@@ -127,6 +210,8 @@ def test_smallest_suite_end_to_end_on_the_tiny_budget(tmp_path, monkeypatch):
         assert path.stat().st_size > 5000 and path.read_bytes()[:4] == b"\x89PNG"
     assert "| query \\ key | IH | PA | SD | R1 | R2 | R3 |" in text
     assert "| query \\ key | IH | PA | SD | CIS | R1 | R2 | R3 |" in text
+    logs = sorted(p.name for p in (tmp_path / "runs" / "attention" / "_logs").iterdir())
+    assert logs == ["ranking-seed0.log", "retrieval-seed0.log"]
 
     def no_training(run):
         raise AssertionError(f"{run.variant.name} retrained although cached")

@@ -179,3 +179,28 @@ def test_resuming_accepts_a_model_key_added_since_with_its_default_and_names_rea
     config.model.embed_init_std = 0.02
     with pytest.raises(ConfigError, match=r"embed_init_std: 0\.0 -> 0\.02"):
         _save_config(config, tmp_path)
+
+
+def test_runs_started_together_on_one_build_directory_build_it_once(tmp_path, monkeypatch):
+    """``onepiece experiment --jobs`` starts runs that share a build: the first builds under a
+    lock while the others wait, then find the stamp and read it."""
+    import threading
+    import time
+
+    from onepiece_jax.train import loop
+
+    calls = []
+
+    def slow_build(log, ctx, out):
+        calls.append(out)
+        time.sleep(0.5)  # long enough for the other thread to reach the stamp check unlocked
+
+    monkeypatch.setattr(loop, "build", slow_build)
+    config = tiny_config(str(tmp_path / "build"))
+    threads = [threading.Thread(target=loop.ensure_built, args=(config, tmp_path),
+                                kwargs={"log": object()}) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(calls) == 1 and (tmp_path / "build" / "build_key.json").is_file()
