@@ -69,7 +69,9 @@ class BuiltDataset:
 
     def load_split(self, split: str, exclude_max: int | None = None,
                    chunk: int = 8192) -> dict[str, np.ndarray]:
-        """The whole split as stacked arrays (variable-length ``exclude`` right-padded with 0).
+        """The whole split as stacked arrays (variable-length ``exclude`` right-padded with 0
+        to a power of two, so the validation and test splits, whose longest histories differ
+        by about one item, give the evaluation functions the same shapes and compile once).
 
         Records are decoded ``chunk`` at a time straight into preallocated arrays, so the peak
         memory is the split's arrays plus one chunk of decoded records (not one Python dict of
@@ -92,7 +94,7 @@ class BuiltDataset:
                 else:
                     out[key][lo:lo + values.shape[0]] = values
         for key, values in varlen.items():
-            width = max(1, max(v.shape[0] for v in values))
+            width = 1 << max(0, max(v.shape[0] for v in values) - 1).bit_length()
             if exclude_max is not None:
                 width = min(width, exclude_max)
             out[key] = _pad_varlen(values, width, features[key][1])

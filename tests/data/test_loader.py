@@ -108,3 +108,23 @@ def test_a_record_with_the_wrong_number_of_values_names_the_build_and_feature(bu
     del example.features.feature["ih_item"].int64_list.value[-1]  # one value short
     with pytest.raises(ValueError, match=r"B \(train\): feature 'ih_item': the records do not"):
         _decode_records([good, example.SerializeToString()], records.features, "B (train)")
+
+
+def test_exclude_lists_pad_to_a_power_of_two_so_validation_and_test_shapes_agree(built):
+    """Each split's longest history differs by about one item; padded to the next power of two,
+    the evaluation functions see one shape and compile once per run."""
+    out, log, cfg, _ = built
+    ds = BuiltDataset.open(out)
+    b = ContextBuilder(log, cfg)
+    widths = {}
+    for split in ("validation", "test"):
+        longest = max(len(ex["exclude"]) for _, ex in b.examples(split))
+        exclude = ds.load_split(split)["exclude"]
+        widths[split] = exclude.shape[1]
+        assert widths[split] & (widths[split] - 1) == 0  # a power of two
+        assert widths[split] >= longest > widths[split] // 2
+        assert sorted(int(n) for n in (exclude > 0).sum(1)) == sorted(
+            int((ex["exclude"] > 0).sum()) for _, ex in b.examples(split))
+    assert widths["validation"] == widths["test"]
+    assert longest & (longest - 1), "the fixture's longest history should not be a power of 2"
+    assert ds.load_split("test", exclude_max=2)["exclude"].shape[1] == 2
