@@ -124,9 +124,11 @@ def validate(config: ml_collections.ConfigDict) -> None:
         if model.readout != "block":
             raise ConfigError("config.model.readout: ranking reads one row per candidate "
                               "(M = C); use readout='block'")
-    if config.train.get("schedule", "warmup_cosine") not in ("warmup_cosine", "constant"):
-        raise ConfigError(f"config.train.schedule={config.train.schedule!r}: expected "
-                          "'warmup_cosine' or 'constant'")
+    from onepiece_jax.train.step import SCHEDULES
+
+    if config.train.get("schedule", "warmup_cosine") not in SCHEDULES:
+        raise ConfigError(f"config.train.schedule={config.train.schedule!r}: expected one of "
+                          + ", ".join(map(repr, SCHEDULES)))
     if config.train.clip_norm < 0:
         raise ConfigError(f"config.train.clip_norm={config.train.clip_norm}: must be >= 0 "
                           "(0 = no clipping)")

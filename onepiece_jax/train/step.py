@@ -37,18 +37,25 @@ class TrainState:
     nonfinite: jax.Array  # consecutive skipped (non-finite) updates
 
 
+def _warmup_cosine(lr: float, warmup_steps: int, total_steps: int) -> optax.Schedule:
+    warmup = max(1, min(warmup_steps, max(total_steps - 1, 1)))
+    return optax.warmup_cosine_decay_schedule(
+        init_value=0.0, peak_value=lr, warmup_steps=warmup,
+        decay_steps=max(total_steps, warmup + 1), end_value=0.1 * lr)
+
+
+# config.train.schedule → (learning rate, warm-up steps, total steps) -> schedule
+SCHEDULES = {
+    "warmup_cosine": _warmup_cosine,  # linear warm-up, then cosine decay to a tenth
+    "constant": lambda lr, warmup_steps, total_steps: optax.constant_schedule(lr),  # RecBole's
+}
+
+
 def make_optimizer(train_cfg, total_steps: int) -> optax.GradientTransformation:
-    """AdamW after global-norm clipping (``clip_norm=0``: none), at a learning rate that either
-    warms up linearly then decays by cosine to a tenth (``schedule='warmup_cosine'``) or stays
-    constant (``'constant'``: RecBole's recipe)."""
-    lr = float(train_cfg.learning_rate)
-    if train_cfg.get("schedule", "warmup_cosine") == "constant":
-        schedule = optax.constant_schedule(lr)
-    else:
-        warmup = max(1, min(int(train_cfg.warmup_steps), max(total_steps - 1, 1)))
-        schedule = optax.warmup_cosine_decay_schedule(
-            init_value=0.0, peak_value=lr, warmup_steps=warmup,
-            decay_steps=max(total_steps, warmup + 1), end_value=0.1 * lr)
+    """AdamW after global-norm clipping (``clip_norm=0``: none), at the learning rate schedule
+    ``SCHEDULES[train_cfg.schedule]``."""
+    schedule = SCHEDULES[train_cfg.get("schedule", "warmup_cosine")](
+        float(train_cfg.learning_rate), int(train_cfg.warmup_steps), total_steps)
     clip = float(train_cfg.clip_norm)
     return optax.chain(optax.clip_by_global_norm(clip) if clip > 0 else optax.identity(),
                        optax.adamw(schedule, weight_decay=float(train_cfg.weight_decay)))
