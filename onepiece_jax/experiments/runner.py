@@ -380,7 +380,7 @@ def run_in_processes(runs: list[Run], *, jobs: int, attention: bool, data_dir: P
         else:
             waiting.append(i)
     running: dict[subprocess.Popen, tuple[int, Path, float]] = {}
-    stopping: list[str] = []  # why no new run starts: a signal's name, or a failure
+    stopping: list[str] = []  # non-empty: no new run starts (the signals received or sent)
 
     def stop(signum, frame):
         stopping.append(signal.Signals(signum).name)
@@ -438,13 +438,13 @@ def _start_process(run: Run, *, attention: bool, data_dir: Path
     out = run.workdir.parents[2]
     argv = [sys.executable, "-m", "onepiece_jax.experiments.runner", "--suite", run.suite,
             "--variant", run.variant.name, "--seed", str(run.seed), "--budget", run.budget,
-            "--out", str(out), "--data-dir", str(data_dir), "--digest", run.digest]
+            "--out", str(out), "--data-dir", str(data_dir), "--digest", run.digest,
+            *(["--attention"] if attention else [])]
     with log.open("a") as f:
         f.write(f"$ {shlex.join(argv)}\n")
         f.flush()
-        proc = subprocess.Popen(argv + (["--attention"] if attention else []), stdout=f,
-                                stderr=subprocess.STDOUT, env={**os.environ,
-                                                               "PYTHONUNBUFFERED": "1"})
+        proc = subprocess.Popen(argv, stdout=f, stderr=subprocess.STDOUT,
+                                env={**os.environ, "PYTHONUNBUFFERED": "1"})
     return proc, log
 
 
