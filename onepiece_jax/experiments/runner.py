@@ -394,7 +394,8 @@ def run_in_processes(runs: list[Run], *, jobs: int, attention: bool, data_dir: P
             while waiting and len(running) < jobs and not stopping:
                 i = waiting.pop(0)
                 status = run_status(runs[i - 1])
-                proc, log = _start_process(runs[i - 1], attention=attention, data_dir=data_dir)
+                proc, log = _start_process(runs[i - 1], attention=attention, data_dir=data_dir,
+                                           jobs=jobs)
                 running[proc] = (i, log, time.perf_counter())
                 print(f"{_heading(i, runs)}: {status} → {runs[i - 1].workdir} (log {log})",
                       flush=True)
@@ -431,8 +432,13 @@ def run_in_processes(runs: list[Run], *, jobs: int, attention: bool, data_dir: P
                              "runs saved; rerun the same command to resume")
 
 
-def _start_process(run: Run, *, attention: bool, data_dir: Path
+def _start_process(run: Run, *, attention: bool, data_dir: Path, jobs: int
                    ) -> tuple[subprocess.Popen, Path]:
+    """Starts one run's process. On an accelerator each process would otherwise reserve 75% of
+    its memory, so unless the environment says otherwise each gets an equal share."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    if not {"XLA_PYTHON_CLIENT_MEM_FRACTION", "XLA_PYTHON_CLIENT_PREALLOCATE"} & env.keys():
+        env["XLA_PYTHON_CLIENT_MEM_FRACTION"] = f"{0.9 / jobs:.3f}"
     log = run.workdir.parents[1] / "_logs" / f"{run.variant.name}-seed{run.seed}.log"
     log.parent.mkdir(parents=True, exist_ok=True)
     out = run.workdir.parents[2]
@@ -443,8 +449,7 @@ def _start_process(run: Run, *, attention: bool, data_dir: Path
     with log.open("a") as f:
         f.write(f"$ {shlex.join(argv)}\n")
         f.flush()
-        proc = subprocess.Popen(argv, stdout=f, stderr=subprocess.STDOUT,
-                                env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        proc = subprocess.Popen(argv, stdout=f, stderr=subprocess.STDOUT, env=env)
     return proc, log
 
 

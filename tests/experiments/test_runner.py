@@ -140,7 +140,7 @@ def _scripted_runs(tmp_path: Path, monkeypatch, scripts: dict[str, str]
                                                                            "synthetic", RANKING),
                                 workdir=tmp_path / "s" / name / "seed0") for name in scripts]
 
-    def start(run, *, attention, data_dir):
+    def start(run, *, attention, data_dir, jobs):
         log = tmp_path / f"{run.variant.name}.log"
         started.append(run.variant.name)
         with log.open("w") as f:
