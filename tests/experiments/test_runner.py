@@ -182,6 +182,24 @@ def test_sigterm_stops_the_running_processes_and_says_the_suite_resumes(tmp_path
     assert signal.getsignal(signal.SIGTERM) is before
 
 
+def test_run_processes_share_accelerator_memory_unless_the_environment_says(tmp_path,
+                                                                           monkeypatch):
+    started = []
+    monkeypatch.setattr(runner.subprocess, "Popen",
+                        lambda argv, **kw: started.append((argv, kw["env"])))
+    for key in ("XLA_PYTHON_CLIENT_MEM_FRACTION", "XLA_PYTHON_CLIENT_PREALLOCATE"):
+        monkeypatch.delenv(key, raising=False)
+    run = _fake_run(tmp_path, "abc")
+    _, log = runner._start_process(run, attention=True, data_dir=tmp_path, jobs=4)
+    argv, env = started[-1]
+    assert env["XLA_PYTHON_CLIENT_MEM_FRACTION"] == "0.225"
+    assert argv[argv.index("--digest") + 1] == "abc" and argv[-1] == "--attention"
+    assert log.read_text().startswith("$ ") and log.read_text().endswith("--attention\n")
+    monkeypatch.setenv("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+    runner._start_process(run, attention=False, data_dir=tmp_path, jobs=4)
+    assert "XLA_PYTHON_CLIENT_MEM_FRACTION" not in started[-1][1]
+
+
 def test_popularity_variant_is_scored_without_training(tmp_path):
     suite = Suite("pop", "t", "p", (Variant("pop", "Popularity", "synthetic", RANKING,
                                             popularity_window=7 * 86_400),))
