@@ -2,9 +2,24 @@
 
 from __future__ import annotations
 
+import atexit
+import shutil
+import tempfile
 from pathlib import Path
 
+import jax
 import pytest
+
+# Many tests train the same tiny configs again (resumed against uninterrupted runs, one CLI
+# command after another), and each new job jits new closures that compile again. A persistent
+# compilation cache, new for every pytest process and removed at its exit, serves the repeats:
+# the two resume tests of tests/train/test_loop.py took 65 s with it, 153 s without. It must be
+# configured before anything compiles, hence here at import.
+_JAX_CACHE = tempfile.mkdtemp(prefix="onepiece-test-jax-cache-")
+atexit.register(shutil.rmtree, _JAX_CACHE, ignore_errors=True)
+jax.config.update("jax_compilation_cache_dir", _JAX_CACHE)
+jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
+jax.config.update("jax_persistent_cache_min_entry_size_bytes", -1)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
