@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import ast
 import importlib.util
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import ml_collections
 
@@ -215,6 +216,18 @@ def base_config() -> ml_collections.ConfigDict:
         enabled=False, coordinator_address="", num_processes=0, process_id=-1,
         local_device_ids="", cpu_collectives="gloo", initialization_timeout=300))
     return c
+
+
+def with_defaults(stored: Mapping[str, Any], defaults: Mapping[str, Any]) -> dict:
+    """``stored`` with every key it lacks taken from ``defaults``, recursively: what a config
+    saved before those keys existed resolves to now (a key added since holds its default)."""
+    filled = dict(stored)
+    for key, default in defaults.items():
+        if key not in filled:
+            filled[key] = default
+        elif isinstance(filled[key], Mapping) and isinstance(default, Mapping):
+            filled[key] = with_defaults(filled[key], default)
+    return filled
 
 
 def use_baseline(config: ml_collections.ConfigDict, name: str) -> ml_collections.ConfigDict:

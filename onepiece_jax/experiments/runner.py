@@ -39,7 +39,7 @@ from typing import Any
 
 import ml_collections
 
-from onepiece_jax.config import ConfigError, load_config
+from onepiece_jax.config import ConfigError, base_config, load_config, with_defaults
 from onepiece_jax.data.fetch import fetch_ml100k
 from onepiece_jax.experiments.quickstart import config_dir
 from onepiece_jax.experiments.suites import (
@@ -53,7 +53,6 @@ from onepiece_jax.experiments.suites import (
 
 RECORD = "experiment.json"
 EXIT_PREEMPTED = 75  # a run process that was preempted and saved (EX_TEMPFAIL)
-EXIT_NONFINITE = 3  # as `onepiece train`
 FETCHERS: Mapping[str, Callable[[Path], Path]] = {"ml100k": fetch_ml100k}
 SYNTHETIC_SEED = 0  # the logs are one fixed world; seeds vary the training
 
@@ -207,24 +206,10 @@ def run_status(run: Run) -> str:
     return "done" if (run.workdir / "results.json").is_file() else "partial"
 
 
-def with_defaults(stored: Mapping[str, Any], defaults: Mapping[str, Any]) -> dict:
-    """``stored`` with every key it lacks taken from ``defaults``, recursively: what a config
-    saved before those keys existed resolves to now."""
-    filled = dict(stored)
-    for key, default in defaults.items():
-        if key not in filled:
-            filled[key] = default
-        elif isinstance(filled[key], Mapping) and isinstance(default, Mapping):
-            filled[key] = with_defaults(filled[key], default)
-    return filled
-
-
 def _same_config(record: Mapping[str, Any], run: Run) -> bool:
     """Whether the run's stored config (the record's; for records older than that, the
     workdir's ``config.json``), with keys added since filled by their defaults, is the run's
     config now."""
-    from onepiece_jax.config import base_config
-
     stored = record.get("config")
     saved = run.workdir / "config.json"
     if stored is None and saved.is_file():
@@ -402,14 +387,12 @@ def run_in_processes(runs: list[Run], *, jobs: int, attention: bool, data_dir: P
             time.sleep(0.2)
             for proc in [p for p in running if p.poll() is not None]:
                 i, log, began = running.pop(proc)
-                took = f"{time.perf_counter() - began:.0f} s"
-                if proc.returncode == 0:
+                saved = stopping and proc.returncode in (EXIT_PREEMPTED, -signal.SIGTERM,
+                                                         -signal.SIGINT)
+                if proc.returncode == 0 or saved:
                     print(f"[{i}/{len(runs)}] {runs[i - 1].variant.name} seed "
-                          f"{runs[i - 1].seed}: done, {took}", flush=True)
-                elif stopping and proc.returncode in (EXIT_PREEMPTED, -signal.SIGTERM,
-                                                         -signal.SIGINT):
-                    print(f"[{i}/{len(runs)}] {runs[i - 1].variant.name} seed "
-                          f"{runs[i - 1].seed}: stopped and saved, {took}", flush=True)
+                          f"{runs[i - 1].seed}: {'stopped and saved' if saved else 'done'}, "
+                          f"{time.perf_counter() - began:.0f} s", flush=True)
                 elif failure is None:
                     failure = (runs[i - 1], proc.returncode, log)
                     stop(signal.SIGTERM, None)
@@ -422,9 +405,10 @@ def run_in_processes(runs: list[Run], *, jobs: int, attention: bool, data_dir: P
         where = (f"suite {run.suite!r}, variant {run.variant.name!r}, seed {run.seed} "
                  f"({run.workdir}) failed with exit status {code}; the other runs were stopped "
                  f"and saved. The end of its log {log}:\n" + "\n".join(lines))
-        if code == EXIT_NONFINITE:
-            from onepiece_jax.train.loop import NonFiniteError
+        from onepiece_jax.cli import EXIT_NONFINITE
+        from onepiece_jax.train.loop import NonFiniteError
 
+        if code == EXIT_NONFINITE:
             raise NonFiniteError(where)
         raise RuntimeError(where)
     if stopping:
@@ -478,6 +462,7 @@ def _run_process(argv: list[str] | None = None) -> int:
         return EXIT_PREEMPTED
     except Exception as e:
         traceback.print_exc()
+        from onepiece_jax.cli import EXIT_NONFINITE
         from onepiece_jax.train.loop import NonFiniteError
 
         return EXIT_NONFINITE if isinstance(e, NonFiniteError) else 1

@@ -36,7 +36,7 @@ import numpy as np
 import tqdm
 from tensorboardX import SummaryWriter
 
-from onepiece_jax.config import ConfigError, base_config
+from onepiece_jax.config import ConfigError, base_config, with_defaults
 from onepiece_jax.data.context import ContextConfig
 from onepiece_jax.data.events import EventLog
 from onepiece_jax.data.loader import (
@@ -130,11 +130,8 @@ def _build_lock(out: Path):
     together on one build directory (``onepiece experiment --jobs``) build it once."""
     out.mkdir(parents=True, exist_ok=True)
     with (out / ".build.lock").open("w") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
+        fcntl.flock(f, fcntl.LOCK_EX)  # released when the file closes
+        yield
 
 
 # --------------------------------------------------------------------------- setup
@@ -395,8 +392,7 @@ def _save_config(config, workdir: Path) -> None:
     if path.is_file():
         before, now = json.loads(path.read_text()).get("model") or {}, json.loads(text)["model"]
         # a key added to the model config since that run was started holds its default there
-        defaults = json.loads(base_config().model.to_json_best_effort())
-        before = {**{k: v for k, v in defaults.items() if k not in before}, **before}
+        before = with_defaults(before, json.loads(base_config().model.to_json_best_effort()))
         changed = sorted(k for k in before.keys() | now.keys() if before.get(k) != now.get(k))
         if changed:
             raise ConfigError(f"{workdir} holds a run with a different config.model ("
