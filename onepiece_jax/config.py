@@ -100,9 +100,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
             raise ConfigError(f"config.{key}: missing")
     if config.mode not in ("retrieval", "ranking"):
         raise ConfigError(f"config.mode={config.mode!r}: expected 'retrieval' or 'ranking'")
-    if config.dataset.get("time_precision", "exact") not in ("exact", "float32"):
-        raise ConfigError(f"config.dataset.time_precision={config.dataset.time_precision!r}: "
-                          "expected 'exact' or 'float32'")
+    _validate_time_precision(config.dataset.get("time_precision", "exact"))
     model, ctx, loss = config.model, config.context, config.loss
     k = model.reasoning_steps
     if k < 0:
@@ -150,6 +148,18 @@ def validate(config: ml_collections.ConfigDict) -> None:
         _validate_mesh(config.mesh)
 
 
+def _validate_time_precision(value: str) -> None:
+    from onepiece_jax.data.readers.movielens import TIME_PRECISIONS
+
+    if value == "float32":
+        raise ConfigError("config.dataset.time_precision='float32' is gone: rounding raw "
+                          "timestamps to float32 did not give RecBole's event order (RecBole "
+                          "normalises them first); use 'recbole'")
+    if value not in TIME_PRECISIONS:
+        raise ConfigError(f"config.dataset.time_precision={value!r}: expected one of "
+                          + ", ".join(map(repr, TIME_PRECISIONS)))
+
+
 def _validate_mesh(mesh: ml_collections.ConfigDict) -> None:
     """Shape checks that need no devices; the device count is checked when the mesh is built."""
     shape = tuple(mesh.get("shape", (-1, 1)))
@@ -171,7 +181,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.dataset = ml_collections.ConfigDict(dict(
         name="ml100k", path="", build_dir="",
         session_seconds=86400, session_negatives=20,  # ranking requests from sessions (Taobao)
-        time_precision="exact"))  # "float32": RecBole's event order (see data/tfds_builder.py)
+        time_precision="exact"))  # "recbole": RecBole's event order (data/readers/movielens.py)
     c.context = ml_collections.ConfigDict(dict(
         ih_max_len=50, pa_groups=(), pa_group_size=10, pa_key="global",
         pa_window_seconds=7 * 86400, pa_bucket_seconds=86400, pool_window=5,
@@ -179,6 +189,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.model = ml_collections.ConfigDict(dict(
         d_model=64, num_layers=2, num_heads=4, ffn_mult=4, dropout=0.1, attention_dropout=0.0,
         feature_dim=16, norm="pre", ffn_inner_dropout=True, embed_init_std=0.0,
+        ih_positions="from_newest",
         attention="softmax", attention_impl="", compute_dtype="float32",
         base_mask="bidirectional", cis_visible=True, prefix_sees_cis=True,
         reasoning_steps=2, rpe_size=4, readout="block", use_side_info=True, use_pa=True,

@@ -39,7 +39,7 @@ def read_log(config) -> EventLog:
     if ds.get("time_precision", "exact") != "exact":
         if ds.name != "ml100k":
             raise ValueError(f"config.dataset.time_precision={ds.time_precision!r} applies to "
-                             f"ml100k (RecBole's float timestamps), not {ds.name!r}")
+                             f"ml100k (RecBole's normalised float timestamps), not {ds.name!r}")
         options["time_precision"] = ds.time_precision
     log = read_dataset(ds.name, ds.path, **options)
     if config.mode == "ranking" and log.requests is None:
@@ -49,10 +49,10 @@ def read_log(config) -> EventLog:
 
 
 def dataset_label(name: str, config) -> str:
-    """A built dataset's ``name`` as protocol strings print it: RecBole's float32 event order
-    makes other splits than exact time order, so it is named."""
-    if config.dataset.get("time_precision", "exact") == "float32":
-        return f"{name} (float32 time order, as RecBole)"
+    """A built dataset's ``name`` as protocol strings print it: RecBole's event order makes
+    (slightly) other splits than exact time order, so it is named."""
+    if config.dataset.get("time_precision", "exact") == "recbole":
+        return f"{name} (RecBole's event order)"
     return name
 
 

@@ -25,6 +25,7 @@ READOUTS = ("block", "last_token")
 ITEM_TOWERS = ("mlp", "shared_proj", "embedding")
 HISTORY_TOKENS = ("adapter", "embedding")
 NORMS = ("pre", "post")
+IH_POSITIONS = ("from_newest", "from_oldest")
 ENTITIES = ("item", "user", "query")
 
 
@@ -87,6 +88,10 @@ class ModelConfig:
     # std of the normal init of the embedding tables; 0 keeps Flax's default, 1/sqrt(width)
     # (0.125 at d=64). RecBole draws every table (and position) from N(0, 0.02).
     embed_init_std: float = 0.0
+    # IH position slots: "from_newest" (left-padded, slot L-1 is always the newest item, as in
+    # the original SASRec) or "from_oldest" (slot 0 is the oldest item of the window, as in
+    # RecBole's right-padded sequences)
+    ih_positions: str = "from_newest"
     attention: str = "softmax"
     attention_impl: str | None = None
     compute_dtype: str = "float32"
@@ -128,6 +133,7 @@ class ModelConfig:
         _check_choice("item_tower", self.item_tower, ITEM_TOWERS)
         _check_choice("history_tokens", self.history_tokens, HISTORY_TOKENS)
         _check_choice("norm", self.norm, NORMS)
+        _check_choice("ih_positions", self.ih_positions, IH_POSITIONS)
         for key in ("d_model", "num_layers", "num_heads", "ffn_mult", "feature_dim",
                     "head_hidden", "ih_len", "num_tasks", "vocab_multiple"):
             if getattr(self, key) < 1:

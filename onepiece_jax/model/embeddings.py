@@ -110,7 +110,8 @@ class FeatureTables(nn.Module):
 class ContextEmbedder(nn.Module):
     """Builds the base sequence IH ⊕ [BOS PA_g EOS]×G ⊕ SD ⊕ CIS and the item tower.
 
-    Position signals (SPEC §1): IH learnable absolute slots (left-padded, slot L-1 = newest); PA
+    Position signals (SPEC §1): IH learnable absolute slots (left-padded; slot L-1 = newest, or
+    slot 0 = oldest with ``ih_positions='from_oldest'``); PA
     slots restart in every group (BOS 0, items 1..P, EOS P+1) with learnable BOS/EOS vectors; one
     slot embedding per SD token; none for CIS (position must not leak relevance).
     """
@@ -193,6 +194,16 @@ class ContextEmbedder(nn.Module):
             context = jnp.where((batch["query"] > 0)[:, None], query, context)
         return jnp.stack([user, context], axis=1) + self.sd_pos
 
+    def _ih_position_rows(self, ih_item: jnp.ndarray) -> jnp.ndarray:
+        """float32[L, d] (slot L-1 = newest) or, ``from_oldest``, float32[B, L, d] with row 0 on
+        the oldest item of each left-padded history (the padding slots are masked anyway)."""
+        if self.config.ih_positions == "from_newest":
+            return self.ih_pos
+        length = ih_item.shape[1]
+        count = jnp.sum(ih_item > 0, axis=1, keepdims=True)
+        slots = jnp.maximum(jnp.arange(length)[None, :] - (length - count), 0)
+        return jnp.take(self.ih_pos, slots, axis=0)
+
     def __call__(self, batch: Mapping[str, jnp.ndarray],
                  catalog: Catalog) -> tuple[jnp.ndarray, jnp.ndarray]:
         """Returns tokens: float32[B, N, d] and valid: bool[B, N] (ids > 0; BOS/EOS/SD valid)."""
@@ -202,7 +213,8 @@ class ContextEmbedder(nn.Module):
         b = ih_item.shape[0]
         chex.assert_shape(ih_item, (b, cfg.ih_len))
         ih_levels = batch.get("ih_behavior", jnp.zeros_like(ih_item))
-        tokens = [self._shared_tokens(ih_item, ih_levels, catalog) + self.ih_pos]
+        tokens = [self._shared_tokens(ih_item, ih_levels, catalog)
+                  + self._ih_position_rows(ih_item)]
         valid = [ih_item > 0]
         if layout.pa:
             pa_item = batch["pa_item"]

@@ -358,20 +358,42 @@ def test_blank_lines_are_counted_not_silently_dropped(tmp_path):
     assert log.num_events == 2 and log.skipped == {"blank_lines": 2}
 
 
-@pytest.mark.parametrize("precision, order", [("exact", [20, 10]), ("float32", [10, 20])])
-def test_float32_time_precision_orders_near_ties_by_file_like_recbole(tmp_path, precision, order):
-    """RecBole keeps ``timestamp:float`` as float32 (64-second steps here): events 10 s apart
-    tie and keep their file order, which changes MovieLens-100K's leave-one-out targets."""
+@pytest.mark.parametrize("precision, order", [("exact", [30, 20, 10]),
+                                              ("recbole", [30, 10, 20])])
+def test_recbole_time_precision_ties_only_what_recbole_cannot_tell_apart(tmp_path, precision,
+                                                                         order):
+    """RecBole min-max normalises ``timestamp:float`` and keeps it as float32: over
+    MovieLens-100K's time range, 893000004 and 893000005 round to one value and keep their file
+    order, while events 9 s apart stay in time order (raw float32 would tie all three)."""
     from onepiece_jax.config import base_config
     from onepiece_jax.data.tfds_builder import read_log
 
-    inter = [RECBOLE_INTER[0], "1\t10\t5\t881250960", "1\t20\t4\t881250950", "2\t30\t1\t881250000"]
+    inter = [RECBOLE_INTER[0], "1\t10\t5\t893000005", "1\t20\t4\t893000004",
+             "1\t30\t3\t892999995", "2\t10\t3\t874724710", "2\t30\t1\t893286638"]
     config = base_config()
     config.dataset.update(path=str(_recbole(tmp_path / "ml", inter=inter)),
                           time_precision=precision)
     log = read_log(config)
     first_user = log.user == log.user[0]
-    assert log.item_ids[log.item[first_user]].tolist() == order
+    order_by_time = np.lexsort((np.arange(first_user.sum()), log.time[first_user]))
+    assert log.item_ids[log.item[first_user][order_by_time]].tolist() == order
+
+
+def test_recbole_times_keep_each_tie_groups_earliest_time():
+    from onepiece_jax.data.readers.movielens import recbole_times
+
+    times = np.array([893000005, 874724710, 893000004, 893286638, 892999995], np.int64)
+    assert recbole_times(times).tolist() == [893000004, 874724710, 893000004, 893286638,
+                                             892999995]
+
+
+def test_float32_time_precision_is_refused_with_its_replacement():
+    from onepiece_jax.config import ConfigError, base_config, validate
+
+    config = base_config()
+    config.dataset.time_precision = "float32"
+    with pytest.raises(ConfigError, match="time_precision='float32'.*use 'recbole'"):
+        validate(config)
 
 
 def test_unknown_time_precision_is_refused_naming_the_key():
@@ -384,8 +406,8 @@ def test_unknown_time_precision_is_refused_naming_the_key():
 
 
 @pytest.mark.parametrize("precision, label", [
-    ("exact", "ml100k"), ("float32", "ml100k (float32 time order, as RecBole)")])
-def test_protocol_label_names_the_float32_event_order(precision, label):
+    ("exact", "ml100k"), ("recbole", "ml100k (RecBole's event order)")])
+def test_protocol_label_names_recboles_event_order(precision, label):
     from onepiece_jax.config import base_config
     from onepiece_jax.data.tfds_builder import dataset_label
 
