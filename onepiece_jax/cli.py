@@ -104,7 +104,7 @@ def _eval(args: argparse.Namespace) -> int:
     from onepiece_jax.train.loop import evaluate_workdir
 
     evaluate_workdir(args.workdir, split=args.split, checkpoint=args.checkpoint,
-                     exclude_history=False if args.include_history else None)
+                     exclude_history=args.exclude_history)
     return 0
 
 
@@ -130,9 +130,12 @@ def _add_train_parser(subparsers: argparse._SubParsersAction) -> None:
     ev.add_argument("--workdir", required=True)
     ev.add_argument("--split", default="test", choices=["test", "validation"])
     ev.add_argument("--checkpoint", default="best", help="best | latest | STEP")
-    ev.add_argument("--include-history", action="store_true",
-                    help="rank the user's history items too (RecBole's protocol); default "
-                         "excludes them (HSTU's)")
+    history = ev.add_mutually_exclusive_group()
+    history.add_argument("--include-history", dest="exclude_history", action="store_false",
+                         help="rank the user's history items too (RecBole's protocol)")
+    history.add_argument("--exclude-history", dest="exclude_history", action="store_true",
+                         help="rank the catalogue without the user's history (HSTU's protocol)")
+    ev.set_defaults(exclude_history=None)  # neither flag: the workdir's config.eval
     ev.set_defaults(handler=_eval)
 
     qs = subparsers.add_parser("quickstart", help="fetch MovieLens-100K, train OnePiece and "
