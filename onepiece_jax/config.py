@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ast
 import importlib.util
+import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -144,8 +145,22 @@ def validate(config: ml_collections.ConfigDict) -> None:
                           "'next_item_softmax'")
     if config.loss.kind == "next_item_softmax" and config.mode != "retrieval":
         raise ConfigError("config.loss.kind='next_item_softmax' is a retrieval loss")
+    if config.loss.kind == "onepiece":
+        _validate_loss_weights(config.mode, config.loss.get("weights", {}))
     if "mesh" in config:
         _validate_mesh(config.mesh)
+
+
+def _validate_loss_weights(mode: str, weights: Mapping[str, float]) -> None:
+    for name, value in weights.items():
+        if not (math.isfinite(value) and value >= 0):
+            raise ConfigError(f"config.loss.weights.{name}={value}: must be finite and >= 0")
+    from onepiece_jax.train.losses import TERMS
+
+    terms = TERMS[mode]
+    if not any(weights.get(name, 1.0) > 0 for name in terms):
+        raise ConfigError(f"config.loss.weights: every {mode} term ({', '.join(terms)}) has "
+                          "weight 0, so nothing would be trained")
 
 
 def _validate_time_precision(value: str) -> None:
@@ -197,6 +212,9 @@ def base_config() -> ml_collections.ConfigDict:
         use_kv_cache=True))
     c.loss = ml_collections.ConfigDict(dict(
         kind="onepiece", strategy="progressive", eta=0.07, rank_eta=1.0,
+        # weight of each term of the OnePiece losses (retrieval: bce, u2i, i2u; ranking: bce,
+        # scl); 0 drops a term from the graph, for ablations
+        weights=ml_collections.ConfigDict(dict(bce=1.0, u2i=1.0, i2u=1.0, scl=1.0)),
         negatives=ml_collections.ConfigDict(dict(uniform=20, popular=10, same_category=5,
                                                  in_batch=True, catalogue=False))))
     c.train = ml_collections.ConfigDict(dict(

@@ -24,6 +24,8 @@ import jax.numpy as jnp
 _MASKED_LOGIT = -1e9
 
 STRATEGIES = ("progressive", "last_step", "single")
+# The named terms each OnePiece step loss returns (``config.loss.weights`` weighs them).
+TERMS = {"retrieval": ("bce", "u2i", "i2u"), "ranking": ("bce", "scl")}
 
 
 def _masked_mean_over_examples(per_example: jax.Array, example_mask: jax.Array) -> jax.Array:

@@ -2,7 +2,8 @@
 
 This is where the curriculum (which reasoning step learns which task) meets the per-step losses:
 retrieval sums ``BCE + U2I + I2U`` over the supervised (step, task) pairs, ranking sums
-``BCE + set-softmax``, and the SASRec baseline uses plain next-item full-softmax cross-entropy.
+``BCE + set-softmax`` (each term weighed by ``config.loss.weights``, 1 by default), and the SASRec
+baseline uses plain next-item full-softmax cross-entropy.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ class Objective:
     negative_counts: tuple[tuple[str, int], ...]
     in_batch: bool
     catalogue: bool = False  # every item is a negative (exact U2I softmax; small catalogues)
+    weights: tuple[tuple[str, float], ...] = ()  # per loss term; a term not named weighs 1
 
     @classmethod
     def from_config(cls, config) -> Objective:
@@ -41,7 +43,16 @@ class Objective:
             assignment=losses.task_assignment(strategy, k, len(config.tasks)),
             eta=float(loss.eta), rank_eta=float(loss.rank_eta),
             negative_counts=tuple((s, int(neg.get(s, 0))) for s in negatives.SOURCES),
-            in_batch=bool(neg.in_batch), catalogue=bool(neg.get("catalogue", False)))
+            in_batch=bool(neg.in_batch), catalogue=bool(neg.get("catalogue", False)),
+            weights=tuple((name, float(w)) for name, w in loss.get("weights", {}).items()))
+
+    def weighted(self, parts: dict[str, jax.Array]) -> jax.Array:
+        """Σ weight · term over one step's named terms; a weight-0 term is left out of the sum
+        altogether, so it costs nothing under ``jit`` and cannot bring a NaN into the gradient."""
+        weights = dict(self.weights)
+        terms = [weights.get(name, 1.0) * value for name, value in parts.items()
+                 if weights.get(name, 1.0) != 0]
+        return sum(terms, jnp.zeros((), jnp.float32))
 
     @property
     def served_step(self) -> int:
@@ -123,18 +134,18 @@ def compute_loss(objective: Objective, model, params: Any, batch: dict, catalog:
             objective, batch, tables, negative_key,
             lambda ids: model.apply(variables, ids, catalog, method="item_vectors"))
         for step, task in objective.assignment:
-            loss, parts = losses.retrieval_step_loss(
+            _, parts = losses.retrieval_step_loss(
                 out["user_vectors"][step], item_vec, labels[..., task], valid, mask,
                 objective.eta, positive_slots=batch["pool_item"].shape[1], shared_vec=shared_vec)
-            total = total + loss
+            total = total + objective.weighted(parts)
             metrics.update({f"{name}/s{step}t{task}": v for name, v in parts.items()})
     else:
         valid = batch["cis_item"] > 0
         for step, task in objective.assignment:
-            loss, parts = losses.ranking_step_loss(
+            _, parts = losses.ranking_step_loss(
                 out["logits"][step, ..., task], batch["cis_label"][..., task], valid, mask,
                 objective.rank_eta)
-            total = total + loss
+            total = total + objective.weighted(parts)
             metrics.update({f"{name}/s{step}t{task}": v for name, v in parts.items()})
     metrics["loss"] = total
     return total, metrics

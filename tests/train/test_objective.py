@@ -1,0 +1,82 @@
+"""config.loss.weights: each OnePiece loss term weighed as configured, a weight-0 term dropped."""
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from onepiece_jax.config import ConfigError, base_config, validate
+from onepiece_jax.train.objective import Objective, compute_loss
+from tests.train.conftest import tiny_config
+
+
+def test_weighted_sum_scales_terms_and_leaves_out_weight_zero_even_when_nan():
+    objective = dataclasses.replace(Objective.from_config(base_config()),
+                                    weights=(("bce", 2.0), ("u2i", 0.0), ("i2u", 1.0)))
+    parts = {"bce": jnp.float32(3.0), "u2i": jnp.float32(np.nan), "i2u": jnp.float32(0.5)}
+    assert float(objective.weighted(parts)) == 6.5
+    grads = jax.grad(lambda x: objective.weighted({"bce": x, "u2i": jnp.log(-x), "i2u": x}))(
+        jnp.float32(1.0))
+    assert float(grads) == 3.0
+
+
+def test_a_term_without_a_weight_counts_once():
+    objective = dataclasses.replace(Objective.from_config(base_config()), weights=())
+    assert float(objective.weighted({"bce": jnp.float32(1.5), "scl": jnp.float32(2.0)})) == 3.5
+
+
+@pytest.fixture(scope="module")
+def retrieval_job(planted_build, tmp_path_factory):
+    from onepiece_jax.data.loader import BatchIterator, device_batch
+    from onepiece_jax.train.loop import make_job
+    from onepiece_jax.train.step import init_state, make_optimizer
+
+    cfg = tiny_config(str(planted_build))
+    job = make_job(cfg, tmp_path_factory.mktemp("objective"))
+    train = job.data.load_split("train")
+    batch = device_batch(next(BatchIterator(train, 16, shuffle=False, seed=0)))
+    state = init_state(job.model, make_optimizer(cfg.train, total_steps=10),
+                       job.example_batch(train), job.catalog, jax.random.key(0))
+    return job, state.params, batch
+
+
+def _loss(job, params, batch, weights):
+    objective = dataclasses.replace(job.objective, weights=weights)
+    return compute_loss(objective, job.model, params, batch, job.catalog, job.tables,
+                        jax.random.key(1), train=False)
+
+
+def test_compute_loss_is_the_weighted_sum_of_the_logged_terms(retrieval_job):
+    job, params, batch = retrieval_job
+    plain, metrics = _loss(job, params, batch, ())
+    terms = {name: sum(float(v) for k, v in metrics.items() if k.startswith(name + "/"))
+             for name in ("bce", "u2i", "i2u")}
+    assert all(v > 0 for v in terms.values()), terms
+    np.testing.assert_allclose(float(plain), sum(terms.values()), rtol=1e-5)
+    weighted, again = _loss(job, params, batch, (("bce", 0.5), ("u2i", 2.0), ("i2u", 0.0)))
+    np.testing.assert_allclose(float(weighted), 0.5 * terms["bce"] + 2.0 * terms["u2i"],
+                               rtol=1e-5)
+    assert float(again["loss"]) == float(weighted)
+
+
+@pytest.mark.parametrize("override, message", [
+    ({"bce": -1.0}, r"config.loss.weights.bce=-1.0: must be finite and >= 0"),
+    ({"u2i": float("nan")}, r"config.loss.weights.u2i=nan"),
+    ({"bce": 0.0, "u2i": 0.0, "i2u": 0.0}, r"every retrieval term \(bce, u2i, i2u\) has weight 0"),
+])
+def test_bad_loss_weights_are_refused_naming_the_key(override, message):
+    config = base_config()
+    config.loss.weights.update(override)
+    with pytest.raises(ConfigError, match=message):
+        validate(config)
+
+
+def test_ranking_with_only_retrieval_terms_weighted_is_refused():
+    config = base_config()
+    config.mode = "ranking"
+    config.model.readout = "block"
+    config.loss.weights.update(bce=0.0, scl=0.0)
+    with pytest.raises(ConfigError, match=r"every ranking term \(bce, scl\) has weight 0"):
+        validate(config)
