@@ -50,9 +50,8 @@ class Objective:
         """Σ weight · term over one step's named terms; a weight-0 term is left out of the sum
         altogether, so it costs nothing under ``jit`` and cannot bring a NaN into the gradient."""
         weights = dict(self.weights)
-        terms = [weights.get(name, 1.0) * value for name, value in parts.items()
-                 if weights.get(name, 1.0) != 0]
-        return sum(terms, jnp.zeros((), jnp.float32))
+        scaled = ((weights.get(name, 1.0), value) for name, value in parts.items())
+        return sum((w * value for w, value in scaled if w), jnp.zeros((), jnp.float32))
 
     @property
     def served_step(self) -> int:

@@ -73,10 +73,9 @@ def test_bad_loss_weights_are_refused_naming_the_key(override, message):
         validate(config)
 
 
-def test_ranking_with_only_retrieval_terms_weighted_is_refused():
+def test_ranking_with_every_ranking_term_at_zero_is_refused_though_retrieval_terms_are_not():
     config = base_config()
     config.mode = "ranking"
-    config.model.readout = "block"
     config.loss.weights.update(bce=0.0, scl=0.0)
     with pytest.raises(ConfigError, match=r"every ranking term \(bce, scl\) has weight 0"):
         validate(config)
