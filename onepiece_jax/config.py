@@ -152,11 +152,20 @@ def validate(config: ml_collections.ConfigDict) -> None:
 
 
 def _validate_loss_weights(mode: str, weights: Mapping[str, float]) -> None:
-    for name, value in weights.items():
-        if not (math.isfinite(value) and value >= 0):
-            raise ConfigError(f"config.loss.weights.{name}={value}: must be finite and >= 0")
+    """Refuses weights that are negative, non-finite, name no loss term, or switch off every term.
+
+    A misspelt name (``bec``) is refused rather than ignored: it would otherwise leave the term
+    it meant at weight 1 and the run would silently be the default objective.
+    """
     from onepiece_jax.train.losses import TERMS
 
+    known = sorted({name for names in TERMS.values() for name in names})
+    for name, value in weights.items():
+        if name not in known:
+            raise ConfigError(f"config.loss.weights.{name}: no such loss term; expected one of "
+                              + ", ".join(known))
+        if not (math.isfinite(value) and value >= 0):
+            raise ConfigError(f"config.loss.weights.{name}={value}: must be finite and >= 0")
     terms = TERMS[mode]
     if not any(weights.get(name, 1.0) > 0 for name in terms):
         raise ConfigError(f"config.loss.weights: every {mode} term ({', '.join(terms)}) has "
