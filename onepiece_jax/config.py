@@ -3,12 +3,14 @@
 A config is a Python file whose ``get_config()`` returns an ``ml_collections.ConfigDict``
 (big_vision style). Overrides are ``--config.a.b=value`` strings; the value is parsed with the
 type of the existing field, and an unknown key or a badly typed value is a ``ConfigError`` that
-names the key.
+names the key. A config file is held to the same keys: one it sets that ``base_config()`` lacks
+(a misspelling such as ``c.model.dropuot``) is refused rather than silently carried along.
 """
 
 from __future__ import annotations
 
 import ast
+import difflib
 import importlib.util
 import math
 from collections.abc import Mapping, Sequence
@@ -20,6 +22,36 @@ import ml_collections
 
 class ConfigError(ValueError):
     """A config problem, raised before compilation; the message names the key."""
+
+
+# Keys a config file may set though base_config() leaves them out. Adding train_fraction to
+# base_config would change the build key of every existing dataset build (data/context.py).
+OPTIONAL_KEYS = frozenset({"context.train_fraction"})
+
+
+def unknown_key(key: str, known: Sequence[str]) -> ConfigError:
+    """The error for ``config.KEY`` where only ``known`` exist, with the closest as a hint."""
+    leaf = key.rsplit(".", 1)[-1]
+    close = difflib.get_close_matches(leaf, known, n=1)
+    hint = f"did you mean {close[0]!r}? " if close else ""
+    return ConfigError(f"config.{key}: unknown key ({hint}known here: "
+                       f"{', '.join(sorted(known))})")
+
+
+_NESTED = (ml_collections.ConfigDict, Mapping)  # a ConfigDict is no Mapping
+
+
+def check_known_keys(config: Mapping[str, Any], reference: Mapping[str, Any],
+                     prefix: str = "") -> None:
+    """Refuses any key of ``config`` that ``reference`` (``base_config()``) lacks, recursively,
+    except :data:`OPTIONAL_KEYS`."""
+    for key, value in config.items():
+        path = f"{prefix}{key}"
+        if key not in reference:
+            if path not in OPTIONAL_KEYS:
+                raise unknown_key(path, list(reference.keys()))
+        elif isinstance(value, _NESTED) and isinstance(reference[key], _NESTED):
+            check_known_keys(value, reference[key], f"{path}.")
 
 
 def load_config(path: str | Path, overrides: Sequence[str] = ()) -> ml_collections.ConfigDict:
@@ -84,12 +116,11 @@ def apply_overrides(config: ml_collections.ConfigDict, overrides: Sequence[str])
         parts = key.split(".")
         for i, part in enumerate(parts[:-1]):
             if part not in node or not isinstance(node[part], ml_collections.ConfigDict):
-                raise ConfigError(f"config.{'.'.join(parts[:i + 1])}: unknown key")
+                raise unknown_key(".".join(parts[:i + 1]), list(node.keys()))
             node = node[part]
         leaf = parts[-1]
         if leaf not in node:
-            known = ", ".join(sorted(node.keys()))
-            raise ConfigError(f"config.{key}: unknown key (known here: {known})")
+            raise unknown_key(key, list(node.keys()))
         node[leaf] = _coerce(key, node[leaf], raw)
 
 
@@ -99,6 +130,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
     for key in required:
         if key not in config:
             raise ConfigError(f"config.{key}: missing")
+    check_known_keys(config, base_config())
     if config.mode not in ("retrieval", "ranking"):
         raise ConfigError(f"config.mode={config.mode!r}: expected 'retrieval' or 'ranking'")
     _validate_time_precision(config.dataset.get("time_precision", "exact"))
@@ -152,18 +184,11 @@ def validate(config: ml_collections.ConfigDict) -> None:
 
 
 def _validate_loss_weights(mode: str, weights: Mapping[str, float]) -> None:
-    """Refuses weights that are negative, non-finite, name no loss term, or switch off every term.
-
-    A misspelt name (``bec``) is refused rather than ignored: it would otherwise leave the term
-    it meant at weight 1 and the run would silently be the default objective.
-    """
+    """Refuses weights that are negative, non-finite, or switch off every term (a name that is no
+    loss term, e.g. ``bec``, is an unknown key: :func:`check_known_keys`)."""
     from onepiece_jax.train.losses import TERMS
 
-    known = sorted({name for names in TERMS.values() for name in names})
     for name, value in weights.items():
-        if name not in known:
-            raise ConfigError(f"config.loss.weights.{name}: no such loss term; expected one of "
-                              + ", ".join(known))
         if not (math.isfinite(value) and value >= 0):
             raise ConfigError(f"config.loss.weights.{name}={value}: must be finite and >= 0")
     terms = TERMS[mode]

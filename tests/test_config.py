@@ -1,5 +1,6 @@
 """Config loading: overrides are typed, and bad ones fail before compilation naming the key."""
 
+import re
 from pathlib import Path
 
 import pytest
@@ -37,10 +38,30 @@ def test_overrides_are_parsed_with_the_field_type():
     ("--config.train.eval_every_steps=-5", "config.train.eval_every_steps=-5"),
     ("--config.eval.max_examples=-1", "config.eval.max_examples=-1"),
     ("--config.train.eval_every_epochs=2", "config.train.eval_every_epochs"),
+    ("--config.model.dropuot=0.2", "config.model.dropuot: unknown key (did you mean 'dropout'?"),
 ])
 def test_bad_override_names_the_key(override, key):
-    with pytest.raises(ConfigError, match=key.replace("(", r"\(").replace("'", "'")):
+    with pytest.raises(ConfigError, match=re.escape(key)):
         load_config(ML, [override])
+
+
+def test_a_config_file_setting_a_key_base_config_lacks_is_refused_with_the_closest_key(
+        tmp_path):
+    path = tmp_path / "typo.py"
+    path.write_text("from onepiece_jax.config import base_config\n\n\n"
+                    "def get_config():\n    c = base_config()\n    c.model.dropuot = 0.3\n"
+                    "    return c\n")
+    with pytest.raises(ConfigError, match=r"config.model.dropuot: unknown key \(did you mean "
+                                          r"'dropout'\?"):
+        load_config(path)
+
+
+def test_every_loss_weight_in_base_config_is_a_loss_term_and_every_term_has_one():
+    from onepiece_jax.config import base_config
+    from onepiece_jax.train.losses import TERMS
+
+    terms = {name for names in TERMS.values() for name in names}
+    assert set(base_config().loss.weights.keys()) == terms
 
 
 def test_impossible_ranking_combination_is_rejected():

@@ -65,8 +65,8 @@ def test_compute_loss_is_the_weighted_sum_of_the_logged_terms(retrieval_job):
     ({"bce": -1.0}, r"config.loss.weights.bce=-1.0: must be finite and >= 0"),
     ({"u2i": float("nan")}, r"config.loss.weights.u2i=nan"),
     ({"bce": 0.0, "u2i": 0.0, "i2u": 0.0}, r"every retrieval term \(bce, u2i, i2u\) has weight 0"),
-    ({"bec": 0.5}, r"config.loss.weights.bec: no such loss term; expected one of bce, i2u, "
-                   r"scl, u2i"),
+    ({"bec": 0.5}, r"config.loss.weights.bec: unknown key \(did you mean 'bce'\? known here: "
+                   r"bce, i2u, scl, u2i\)"),
 ])
 def test_bad_loss_weights_are_refused_naming_the_key(override, message):
     config = base_config()
