@@ -115,8 +115,11 @@ def apply_overrides(config: ml_collections.ConfigDict, overrides: Sequence[str])
         node = config
         parts = key.split(".")
         for i, part in enumerate(parts[:-1]):
-            if part not in node or not isinstance(node[part], ml_collections.ConfigDict):
+            if part not in node:
                 raise unknown_key(".".join(parts[:i + 1]), list(node.keys()))
+            if not isinstance(node[part], ml_collections.ConfigDict):
+                raise ConfigError(f"config.{key}: config.{'.'.join(parts[:i + 1])} is a value "
+                                  f"({node[part]!r}), not a section with keys")
             node = node[part]
         leaf = parts[-1]
         if leaf not in node:

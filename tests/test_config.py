@@ -39,6 +39,7 @@ def test_overrides_are_parsed_with_the_field_type():
     ("--config.eval.max_examples=-1", "config.eval.max_examples=-1"),
     ("--config.train.eval_every_epochs=2", "config.train.eval_every_epochs"),
     ("--config.model.dropuot=0.2", "config.model.dropuot: unknown key (did you mean 'dropout'?"),
+    ("--config.model.dropout.rate=0.2", "config.model.dropout is a value (0.2), not a section"),
 ])
 def test_bad_override_names_the_key(override, key):
     with pytest.raises(ConfigError, match=re.escape(key)):
