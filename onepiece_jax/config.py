@@ -38,10 +38,7 @@ def unknown_key(key: str, known: Sequence[str]) -> ConfigError:
                        f"{', '.join(sorted(known))})")
 
 
-_NESTED = (ml_collections.ConfigDict, Mapping)  # a ConfigDict is no Mapping
-
-
-def check_known_keys(config: Mapping[str, Any], reference: Mapping[str, Any],
+def check_known_keys(config: ml_collections.ConfigDict, reference: ml_collections.ConfigDict,
                      prefix: str = "") -> None:
     """Refuses any key of ``config`` that ``reference`` (``base_config()``) lacks, recursively,
     except :data:`OPTIONAL_KEYS`."""
@@ -50,7 +47,8 @@ def check_known_keys(config: Mapping[str, Any], reference: Mapping[str, Any],
         if key not in reference:
             if path not in OPTIONAL_KEYS:
                 raise unknown_key(path, list(reference.keys()))
-        elif isinstance(value, _NESTED) and isinstance(reference[key], _NESTED):
+        elif (isinstance(value, ml_collections.ConfigDict)
+              and isinstance(reference[key], ml_collections.ConfigDict)):
             check_known_keys(value, reference[key], f"{path}.")
 
 

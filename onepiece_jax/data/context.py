@@ -46,7 +46,7 @@ class ContextConfig:
     # Training-data scaling (experiments' data_scaling suite): only the users of a fixed hash
     # subset of this size give training examples; validation and test stay whole. Not in
     # base_config (adding it would change the build key of every existing build): a config
-    # file that wants it sets ``c.context.train_fraction``.
+    # file that wants it sets ``c.context.train_fraction`` (allowed by config.OPTIONAL_KEYS).
     train_fraction: float = 1.0
 
     @classmethod
