@@ -13,7 +13,8 @@ import ast
 import difflib
 import importlib.util
 import math
-from collections.abc import Mapping, Sequence
+import warnings
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -38,18 +39,26 @@ def unknown_key(key: str, known: Sequence[str]) -> ConfigError:
                        f"{', '.join(sorted(known))})")
 
 
-def check_known_keys(config: ml_collections.ConfigDict, reference: ml_collections.ConfigDict,
-                     prefix: str = "") -> None:
-    """Refuses any key of ``config`` that ``reference`` (``base_config()``) lacks, recursively,
-    except :data:`OPTIONAL_KEYS`."""
+def unknown_keys(config: ml_collections.ConfigDict, reference: ml_collections.ConfigDict,
+                 prefix: str = "") -> Iterator[tuple[str, list[str]]]:
+    """Each key of ``config`` that ``reference`` (``base_config()``) lacks, recursively, except
+    :data:`OPTIONAL_KEYS`: its dotted path and the keys known at its level."""
     for key, value in config.items():
         path = f"{prefix}{key}"
         if key not in reference:
             if path not in OPTIONAL_KEYS:
-                raise unknown_key(path, list(reference.keys()))
+                yield path, list(reference.keys())
         elif (isinstance(value, ml_collections.ConfigDict)
               and isinstance(reference[key], ml_collections.ConfigDict)):
-            check_known_keys(value, reference[key], f"{path}.")
+            yield from unknown_keys(value, reference[key], f"{path}.")
+
+
+def check_known_keys(config: ml_collections.ConfigDict,
+                     reference: ml_collections.ConfigDict) -> None:
+    """Refuses the first of :func:`unknown_keys`, with the closest known key as a hint."""
+    first = next(unknown_keys(config, reference), None)
+    if first is not None:
+        raise unknown_key(*first)
 
 
 def load_config(path: str | Path, overrides: Sequence[str] = ()) -> ml_collections.ConfigDict:
@@ -134,7 +143,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
     check_known_keys(config, base_config())
     if config.mode not in ("retrieval", "ranking"):
         raise ConfigError(f"config.mode={config.mode!r}: expected 'retrieval' or 'ranking'")
-    _validate_time_precision(config.dataset.get("time_precision", "exact"))
+    _validate_time_precision(config.dataset.time_precision)
     model, ctx, loss = config.model, config.context, config.loss
     k = model.reasoning_steps
     if k < 0:
@@ -159,16 +168,16 @@ def validate(config: ml_collections.ConfigDict) -> None:
                               "(M = C); use readout='block'")
     from onepiece_jax.train.step import SCHEDULES
 
-    if config.train.get("schedule", "warmup_cosine") not in SCHEDULES:
+    if config.train.schedule not in SCHEDULES:
         raise ConfigError(f"config.train.schedule={config.train.schedule!r}: expected one of "
                           + ", ".join(map(repr, SCHEDULES)))
     if config.train.clip_norm < 0:
         raise ConfigError(f"config.train.clip_norm={config.train.clip_norm}: must be >= 0 "
                           "(0 = no clipping)")
-    if config.train.get("eval_every_steps", 0) < 0:
+    if config.train.eval_every_steps < 0:
         raise ConfigError(f"config.train.eval_every_steps={config.train.eval_every_steps}: must "
                           "be >= 0 (0 = once per epoch)")
-    if config.eval.get("max_examples", 0) < 0:
+    if config.eval.max_examples < 0:
         raise ConfigError(f"config.eval.max_examples={config.eval.max_examples}: must be >= 0 "
                           "(0 = every example of the split)")
     if config.train.batch_size < 1:
@@ -179,7 +188,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
     if config.loss.kind == "next_item_softmax" and config.mode != "retrieval":
         raise ConfigError("config.loss.kind='next_item_softmax' is a retrieval loss")
     if config.loss.kind == "onepiece":
-        _validate_loss_weights(config.mode, config.loss.get("weights", {}))
+        _validate_loss_weights(config.mode, config.loss.weights)
     if "mesh" in config:
         _validate_mesh(config.mesh)
 
@@ -212,12 +221,12 @@ def _validate_time_precision(value: str) -> None:
 
 def _validate_mesh(mesh: ml_collections.ConfigDict) -> None:
     """Shape checks that need no devices; the device count is checked when the mesh is built."""
-    shape = tuple(mesh.get("shape", (-1, 1)))
+    shape = tuple(mesh.shape)
     if (len(shape) != 2 or not all(isinstance(s, int) and (s >= 1 or s == -1) for s in shape)
             or shape == (-1, -1)):
         raise ConfigError(f"config.mesh.shape={shape}: expected (data, model), each >= 1 or -1 "
                           "(at most one -1)")
-    if int(mesh.get("vocab_multiple", 0)) < 0:
+    if int(mesh.vocab_multiple) < 0:
         raise ConfigError(f"config.mesh.vocab_multiple={mesh.vocab_multiple}: must be >= 0 "
                           "(0 = the number of table shards)")
 
@@ -292,6 +301,27 @@ def with_defaults(stored: Mapping[str, Any], defaults: Mapping[str, Any]) -> dic
         elif isinstance(filled[key], Mapping) and isinstance(default, Mapping):
             filled[key] = with_defaults(filled[key], default)
     return filled
+
+
+def from_stored(stored: Mapping[str, Any], source: str) -> ml_collections.ConfigDict:
+    """A config saved as JSON (a workdir's ``config.json``) as this version reads it.
+
+    Keys added to ``base_config()`` since it was saved hold their defaults, so the code reads
+    every key without fallbacks of its own; JSON lists become tuples again. A saved key that
+    ``base_config()`` no longer has (or a hand edit's misspelling) is read by nothing, so each
+    one is named in a warning rather than refused: an old run must stay evaluable.
+    """
+    def tuples(node):
+        if isinstance(node, Mapping):
+            return {k: tuples(v) for k, v in node.items()}
+        return tuple(node) if isinstance(node, list) else node
+
+    reference = base_config()
+    config = ml_collections.ConfigDict(tuples(with_defaults(stored, reference.to_dict())))
+    for path, known in unknown_keys(config, reference):
+        warnings.warn(f"{source}: {unknown_key(path, known)}; this version does not read it",
+                      stacklevel=2)
+    return config
 
 
 def use_baseline(config: ml_collections.ConfigDict, name: str) -> ml_collections.ConfigDict:

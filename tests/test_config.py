@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from onepiece_jax.config import ConfigError, load_config
+from onepiece_jax.config import ConfigError, base_config, from_stored, load_config
 
 CONFIGS = sorted((Path(__file__).parents[1] / "configs").glob("*.py"))
 ML = Path(__file__).parents[1] / "configs" / "ml100k_onepiece.py"
@@ -70,3 +70,16 @@ def test_impossible_ranking_combination_is_rejected():
         load_config(RANK, ["--config.context.num_candidates=7"])
     with pytest.raises(ConfigError, match="readout"):
         load_config(ML, ["--config.model.use_sd=false"])
+
+
+def test_a_stored_config_gets_keys_added_since_and_names_keys_no_longer_read():
+    saved = load_config(ML).to_dict()
+    del saved["train"]["eval_every_steps"]         # a run saved before the key existed
+    saved["model"]["attention_heads"] = 4          # a key this version does not have
+    saved["eval"]["ks"] = [10, 50]                 # JSON keeps tuples as lists
+    with pytest.warns(UserWarning, match=re.escape(
+            "W/config.json: config.model.attention_heads: unknown key")):
+        config = from_stored(saved, "W/config.json")
+    assert config.train.eval_every_steps == base_config().train.eval_every_steps
+    assert config.eval.ks == (10, 50)
+    assert config.model.reasoning_steps == load_config(ML).model.reasoning_steps

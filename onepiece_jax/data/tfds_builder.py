@@ -36,7 +36,7 @@ def read_log(config) -> EventLog:
     if not ds.path:
         raise ValueError("config.dataset.path is empty: pass --config.dataset.path=DATA_PATH")
     options = {}
-    if ds.get("time_precision", "exact") != "exact":
+    if ds.time_precision != "exact":
         if ds.name != "ml100k":
             raise ValueError(f"config.dataset.time_precision={ds.time_precision!r} applies to "
                              f"ml100k (RecBole's normalised float timestamps), not {ds.name!r}")
@@ -51,7 +51,7 @@ def read_log(config) -> EventLog:
 def dataset_label(name: str, config) -> str:
     """A built dataset's ``name`` as protocol strings print it: RecBole's event order makes
     (slightly) other splits than exact time order, so it is named."""
-    if config.dataset.get("time_precision", "exact") == "recbole":
+    if config.dataset.time_precision == "recbole":
         return f"{name} (RecBole's event order)"
     return name
 

@@ -18,12 +18,8 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 
 def mesh_shape(config) -> tuple[int, int]:
-    """``config.mesh.shape`` as ``(data, model)``; a workdir written before ``shape`` existed
-    carries ``config.mesh.data`` instead."""
-    mesh = config.mesh
-    shape = mesh.get("shape", None)
-    if shape is None:
-        return int(mesh.get("data", -1)), 1
+    """``config.mesh.shape`` as ``(data, model)``."""
+    shape = config.mesh.shape
     if len(shape) != 2 or not all(isinstance(s, int) for s in shape):
         raise ValueError(f"config.mesh.shape={tuple(shape)}: expected (data, model) integers")
     return int(shape[0]), int(shape[1])

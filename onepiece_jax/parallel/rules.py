@@ -43,7 +43,7 @@ class ShardingRules:
 
     @classmethod
     def from_config(cls, config) -> ShardingRules:
-        over_data = bool(config.mesh.get("shard_tables_over_data", False))
+        over_data = bool(config.mesh.shard_tables_over_data)
         return cls(table_axes=("data", "model") if over_data else ("model",))
 
     def table_shards(self, mesh: Mesh) -> int:

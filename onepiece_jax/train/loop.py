@@ -36,7 +36,7 @@ import numpy as np
 import tqdm
 from tensorboardX import SummaryWriter
 
-from onepiece_jax.config import ConfigError, base_config, with_defaults
+from onepiece_jax.config import ConfigError, base_config, from_stored, with_defaults
 from onepiece_jax.data.context import ContextConfig
 from onepiece_jax.data.events import EventLog
 from onepiece_jax.data.loader import (
@@ -249,7 +249,7 @@ def make_job(config, workdir: str | Path) -> Job:
     mesh = mesh_from_config(config)
     check_batch_size(int(config.train.batch_size), mesh)
     rules = ShardingRules.from_config(config)
-    multiple = vocab_multiple(int(config.mesh.get("vocab_multiple", 0)), rules.table_shards(mesh))
+    multiple = vocab_multiple(int(config.mesh.vocab_multiple), rules.table_shards(mesh))
     model_cfg = dataclasses.replace(model_config_from(config, data.spec), vocab_multiple=multiple)
     model = OnePiece(model_cfg)
     catalog = _as_catalog(data.catalog, mesh, rules, multiple)
@@ -305,7 +305,7 @@ def _check_nonfinite_config(tcfg) -> None:
     if tcfg.nonfinite_policy not in ("stop", "skip"):
         raise ConfigError(f"config.train.nonfinite_policy={tcfg.nonfinite_policy!r}: expected "
                           "'stop' or 'skip'")
-    if int(tcfg.get("max_nonfinite_in_a_row", 10)) < 1:
+    if int(tcfg.max_nonfinite_in_a_row) < 1:
         raise ConfigError("config.train.max_nonfinite_in_a_row="
                           f"{tcfg.max_nonfinite_in_a_row}: must be >= 1")
 
@@ -317,7 +317,7 @@ def evaluate_split(job: Job, params, arrays: dict, split: str) -> dict:
     cfg = job.config
     batch_size = int(cfg.eval.batch_size)
     check_batch_size(batch_size, job.mesh, "config.eval.batch_size")
-    arrays, subset = eval_subset(arrays, int(cfg.eval.get("max_examples", 0)))
+    arrays, subset = eval_subset(arrays, int(cfg.eval.max_examples))
     common = dict(batch_size=batch_size, dataset=dataset_label(job.data.spec["dataset"], cfg),
                   split=split, put=job.put, rows=job.rows(batch_size))
     if cfg.mode == "retrieval":
@@ -408,14 +408,7 @@ def load_workdir_config(workdir: str | Path) -> ml_collections.ConfigDict:
     path = Path(workdir) / "config.json"
     if not path.is_file():
         raise FileNotFoundError(f"{workdir} has no config.json: not a training workdir")
-    raw = json.loads(path.read_text())
-
-    def tuples(node):
-        if isinstance(node, dict):
-            return {k: tuples(v) for k, v in node.items()}
-        return tuple(node) if isinstance(node, list) else node
-
-    return ml_collections.ConfigDict(tuples(raw))
+    return from_stored(json.loads(path.read_text()), str(path))
 
 
 def train_and_evaluate(config, workdir: str | Path, *, progress: bool = True,
@@ -438,7 +431,7 @@ def train_and_evaluate(config, workdir: str | Path, *, progress: bool = True,
     steps ``S .. S + debug_nan_steps - 1`` by NaN inside the jitted step (``_debug_loss_scale``),
     so fault handling can be exercised end to end.
     """
-    distributed.initialize(config.get("distributed", {}))
+    distributed.initialize(config.distributed)
     with _PREEMPTION:
         return _train_and_evaluate(config, workdir, progress=progress and distributed.is_primary(),
                                    preempt_at_step=preempt_at_step)
@@ -462,7 +455,7 @@ def _train_and_evaluate(config, workdir: str | Path, *, progress: bool,
         raise ConfigError(f"config.train.batch_size={tcfg.batch_size} exceeds the "
                           f"{num_rows(train_arrays)} training examples")
     total_steps = int(tcfg.epochs) * steps_per_epoch
-    every = int(tcfg.get("eval_every_steps", 0))  # .get: config.json of older workdirs
+    every = int(tcfg.eval_every_steps)
     if tcfg.max_steps:
         total_steps = min(total_steps, int(tcfg.max_steps))
     optimizer = make_optimizer(tcfg, total_steps)
@@ -570,10 +563,10 @@ def _debug_loss_scale(batch: dict, step: int, tcfg) -> dict:
     NaN for steps ``debug_nan_at_step .. + debug_nan_steps - 1`` and 1 otherwise, which the
     jitted step multiplies into the loss — a real non-finite loss and gradient, detected where a
     genuine one would be. One compiled program serves every injected step."""
-    first = int(tcfg.get("debug_nan_at_step", 0))
+    first = int(tcfg.debug_nan_at_step)
     if first <= 0:
         return batch
-    bad = first <= step < first + int(tcfg.get("debug_nan_steps", 1))
+    bad = first <= step < first + int(tcfg.debug_nan_steps)
     scale = np.full(batch["example_mask"].shape, np.nan if bad else 1.0, np.float32)
     return {**batch, "debug_loss_scale": scale}
 
@@ -613,7 +606,7 @@ def _check_finite(metrics, step: int, tcfg, book: dict) -> None:
     if tcfg.nonfinite_policy == "skip":
         book["skipped_nonfinite"] += 1
         in_a_row = int(metrics["nonfinite_in_a_row"])
-        limit = int(tcfg.get("max_nonfinite_in_a_row", 10))
+        limit = int(tcfg.max_nonfinite_in_a_row)
         if in_a_row < limit:
             tqdm.tqdm.write(f"warning: step {step}: non-finite {what}; update skipped ({in_a_row} "
                             f"in a row, {book['skipped_nonfinite']} in total)", file=sys.stdout)
@@ -685,7 +678,7 @@ def evaluate_workdir(workdir: str | Path, *, split: str = "test", checkpoint: st
     workdir = Path(workdir)
     if job is None:
         config = load_workdir_config(workdir)
-        distributed.initialize(config.get("distributed", {}))
+        distributed.initialize(config.distributed)
         job = make_job(config, workdir)
     if exclude_history is not None:
         job.config.eval.exclude_history = bool(exclude_history)

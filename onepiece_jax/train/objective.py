@@ -43,8 +43,8 @@ class Objective:
             assignment=losses.task_assignment(strategy, k, len(config.tasks)),
             eta=float(loss.eta), rank_eta=float(loss.rank_eta),
             negative_counts=tuple((s, int(neg.get(s, 0))) for s in negatives.SOURCES),
-            in_batch=bool(neg.in_batch), catalogue=bool(neg.get("catalogue", False)),
-            weights=tuple((name, float(w)) for name, w in loss.get("weights", {}).items()))
+            in_batch=bool(neg.in_batch), catalogue=bool(neg.catalogue),
+            weights=tuple((name, float(w)) for name, w in loss.weights.items()))
 
     def weighted(self, parts: dict[str, jax.Array]) -> jax.Array:
         """Σ weight · term over one step's named terms; a weight-0 term is left out of the sum

@@ -54,7 +54,7 @@ SCHEDULES = {
 def make_optimizer(train_cfg, total_steps: int) -> optax.GradientTransformation:
     """AdamW after global-norm clipping (``clip_norm=0``: none), at the learning rate schedule
     ``SCHEDULES[train_cfg.schedule]``."""
-    schedule = SCHEDULES[train_cfg.get("schedule", "warmup_cosine")](
+    schedule = SCHEDULES[train_cfg.schedule](
         float(train_cfg.learning_rate), int(train_cfg.warmup_steps), total_steps)
     clip = float(train_cfg.clip_norm)
     return optax.chain(optax.clip_by_global_norm(clip) if clip > 0 else optax.identity(),
