@@ -62,7 +62,7 @@ def retrieval_step_loss(
     eta: float,
     positive_slots: int | None = None,
     shared_vec: jax.Array | None = None,
-) -> tuple[jax.Array, dict[str, jax.Array]]:
+) -> dict[str, jax.Array]:
     """OnePiece retrieval loss for one reasoning step and one task (SPEC §4, paper Eq. 13-17).
 
     Args:
@@ -88,7 +88,8 @@ def retrieval_step_loss(
         (CLIP-style: every other valid user is a negative, even one that also likes v+).
 
     Returns:
-      (bce + u2i + i2u, {"bce", "u2i", "i2u"}) — scalars, each already averaged over examples.
+      ``{"bce", "u2i", "i2u"}``, scalars, each already averaged over examples; the step's loss
+      is their weighted sum (``Objective.weighted``, weight 1 each by default).
     """
     valid, positive, negative = _split_pool(label, valid, example_mask)
     own = item_vec.shape[1]
@@ -117,7 +118,7 @@ def retrieval_step_loss(
         name: _masked_mean_over_examples(value, example_mask)
         for name, value in (("bce", bce), ("u2i", u2i), ("i2u", i2u))
     }
-    return parts["bce"] + parts["u2i"] + parts["i2u"], parts
+    return parts
 
 
 def ranking_step_loss(
@@ -126,7 +127,7 @@ def ranking_step_loss(
     valid: jax.Array,
     example_mask: jax.Array,
     eta: float,
-) -> tuple[jax.Array, dict[str, jax.Array]]:
+) -> dict[str, jax.Array]:
     """OnePiece ranking loss for one reasoning step and one task (SPEC §4, paper Eq. 18-20).
 
     Args:
@@ -142,7 +143,7 @@ def ranking_step_loss(
         (other positives included in the denominator); identically 0 when C = 1.
 
     Returns:
-      (bce + scl, {"bce", "scl"}).
+      ``{"bce", "scl"}``; the step's loss is their weighted sum, as for retrieval.
     """
     valid, positive, _ = _split_pool(label, valid, example_mask)
     logits = jnp.where(valid, logits, 0.0)
@@ -157,7 +158,7 @@ def ranking_step_loss(
         "bce": _masked_mean_over_examples(bce, example_mask),
         "scl": _masked_mean_over_examples(scl, example_mask),
     }
-    return parts["bce"] + parts["scl"], parts
+    return parts
 
 
 def task_assignment(

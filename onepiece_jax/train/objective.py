@@ -133,7 +133,7 @@ def compute_loss(objective: Objective, model, params: Any, batch: dict, catalog:
             objective, batch, tables, negative_key,
             lambda ids: model.apply(variables, ids, catalog, method="item_vectors"))
         for step, task in objective.assignment:
-            _, parts = losses.retrieval_step_loss(
+            parts = losses.retrieval_step_loss(
                 out["user_vectors"][step], item_vec, labels[..., task], valid, mask,
                 objective.eta, positive_slots=batch["pool_item"].shape[1], shared_vec=shared_vec)
             total = total + objective.weighted(parts)
@@ -141,7 +141,7 @@ def compute_loss(objective: Objective, model, params: Any, batch: dict, catalog:
     else:
         valid = batch["cis_item"] > 0
         for step, task in objective.assignment:
-            _, parts = losses.ranking_step_loss(
+            parts = losses.ranking_step_loss(
                 out["logits"][step, ..., task], batch["cis_label"][..., task], valid, mask,
                 objective.rank_eta)
             total = total + objective.weighted(parts)

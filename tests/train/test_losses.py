@@ -20,6 +20,11 @@ from onepiece_jax.train.losses import (
 ETA = 0.5
 
 
+def total(parts: dict) -> jax.Array:
+    """A step's loss with every term weighed 1 (``Objective.weighted``'s default)."""
+    return sum(parts.values())
+
+
 def _log_sigmoid(x: float) -> float:
     return -math.log1p(math.exp(-x)) if x >= 0 else x - math.log1p(math.exp(x))
 
@@ -64,17 +69,16 @@ def _retrieval_reference(user, items, label, valid, example_mask, eta):
 
 def test_retrieval_step_loss_matches_numpy_reference_loops():
     batch = _retrieval_batch()
-    loss, parts = jax.jit(retrieval_step_loss, static_argnames="eta")(*batch, eta=ETA)
+    parts = jax.jit(retrieval_step_loss, static_argnames="eta")(*batch, eta=ETA)
     reference = _retrieval_reference(*batch, ETA)
     for name in ("bce", "u2i", "i2u"):
         np.testing.assert_allclose(float(parts[name]), reference[name], rtol=1e-5)
-    np.testing.assert_allclose(float(loss), sum(reference.values()), rtol=1e-5)
 
 
 def test_retrieval_u2i_ignores_other_positives_and_is_zero_without_negatives():
     user, items, label, valid, example_mask = _retrieval_batch()
     only_third = np.array([False, False, True, False])
-    _, parts = retrieval_step_loss(user, items, label, valid, only_third, ETA)
+    parts = retrieval_step_loss(user, items, label, valid, only_third, ETA)
     # The third example has two positives and no valid negative: the U2I term is exactly 0
     # (positives do not compete with each other), and with one valid user I2U is 0 too.
     assert float(parts["u2i"]) == 0.0
@@ -95,7 +99,7 @@ def test_retrieval_padding_changes_neither_loss_nor_gradients():
     batch = _retrieval_batch()
     perturbed = _perturbed_padding(*batch, np.random.default_rng(1))
     grad_fn = jax.value_and_grad(
-        lambda u, z, *rest: retrieval_step_loss(u, z, *rest, eta=ETA)[0], argnums=(0, 1))
+        lambda u, z, *rest: total(retrieval_step_loss(u, z, *rest, eta=ETA)), argnums=(0, 1))
     (loss, (grad_u, grad_z)) = grad_fn(*batch)
     (loss_p, (grad_u_p, grad_z_p)) = grad_fn(*perturbed)
     assert float(loss) == float(loss_p)
@@ -117,7 +121,7 @@ def _ranking_batch():
 
 def test_ranking_step_loss_matches_numpy_reference_loops():
     logits, label, valid, example_mask = _ranking_batch()
-    loss, parts = jax.jit(ranking_step_loss, static_argnames="eta")(
+    parts = jax.jit(ranking_step_loss, static_argnames="eta")(
         logits, label, valid, example_mask, eta=ETA)
     bce = scl = 0.0
     examples = [b for b in range(3) if example_mask[b]]
@@ -130,12 +134,11 @@ def test_ranking_step_loss_matches_numpy_reference_loops():
                 scl += -math.log(math.exp(logits[b, i] / ETA) / denominator)
     np.testing.assert_allclose(float(parts["bce"]), bce / len(examples), rtol=1e-5)
     np.testing.assert_allclose(float(parts["scl"]), scl / len(examples), rtol=1e-5)
-    np.testing.assert_allclose(float(loss), (bce + scl) / len(examples), rtol=1e-5)
 
 
 def test_ranking_scl_is_zero_for_single_candidate_groups():
     logits = np.array([[3.0], [-1.0]], np.float32)
-    _, parts = ranking_step_loss(logits, np.ones((2, 1), np.float32), np.ones((2, 1), bool),
+    parts = ranking_step_loss(logits, np.ones((2, 1), np.float32), np.ones((2, 1), bool),
                                  np.ones(2, bool), ETA)
     assert float(parts["scl"]) == pytest.approx(0.0, abs=1e-7)
 
@@ -147,7 +150,8 @@ def test_ranking_padding_changes_neither_loss_nor_gradients():
     logits_p[pad] = 1e4
     logits_p[2, 0] = np.nan
     label_p[pad] = 1.0 - label_p[pad]
-    grad_fn = jax.value_and_grad(lambda s, y: ranking_step_loss(s, y, valid, example_mask, ETA)[0])
+    grad_fn = jax.value_and_grad(
+        lambda s, y: total(ranking_step_loss(s, y, valid, example_mask, ETA)))
     loss, grad = grad_fn(logits, label)
     loss_p, grad_p = grad_fn(logits_p, label_p)
     assert float(loss) == float(loss_p)
@@ -157,8 +161,8 @@ def test_ranking_padding_changes_neither_loss_nor_gradients():
 
 def test_losses_are_zero_not_nan_when_no_example_is_valid():
     user, items, label, valid, _ = _retrieval_batch()
-    loss, _ = retrieval_step_loss(user, items, label, valid, np.zeros(4, bool), ETA)
-    assert float(loss) == 0.0
+    parts = retrieval_step_loss(user, items, label, valid, np.zeros(4, bool), ETA)
+    assert all(float(v) == 0.0 for v in parts.values())
 
 
 @pytest.mark.parametrize(
@@ -255,10 +259,11 @@ def test_positive_slots_only_skips_work_not_value():
     label[1, 2] = 1.0
     valid = jnp.ones((b, pool + extra), bool)
     mask = jnp.array([True, True, False, True])
-    full, _ = retrieval_step_loss(user, items, jnp.asarray(label), valid, mask, 0.1)
-    fast, _ = retrieval_step_loss(user, items, jnp.asarray(label), valid, mask, 0.1,
+    full = retrieval_step_loss(user, items, jnp.asarray(label), valid, mask, 0.1)
+    fast = retrieval_step_loss(user, items, jnp.asarray(label), valid, mask, 0.1,
                                   positive_slots=pool)
-    np.testing.assert_allclose(float(fast), float(full), rtol=1e-6)
+    for name in full:
+        np.testing.assert_allclose(float(fast[name]), float(full[name]), rtol=1e-6)
 
 
 def test_shared_negatives_scored_by_matmul_equal_broadcast_columns():
@@ -279,10 +284,10 @@ def test_shared_negatives_scored_by_matmul_equal_broadcast_columns():
 
     def broadcast(u, z, c):
         items = jnp.concatenate([z, jnp.broadcast_to(c[None], (b, shared, d))], axis=1)
-        return retrieval_step_loss(u, items, *args, positive_slots=pool)[0]
+        return total(retrieval_step_loss(u, items, *args, positive_slots=pool))
 
     def apart(u, z, c):
-        return retrieval_step_loss(u, z, *args, positive_slots=pool, shared_vec=c)[0]
+        return total(retrieval_step_loss(u, z, *args, positive_slots=pool, shared_vec=c))
 
     want = jax.value_and_grad(broadcast, argnums=(0, 1, 2))(user, own, common)
     got = jax.value_and_grad(apart, argnums=(0, 1, 2))(user, own, common)
