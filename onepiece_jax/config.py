@@ -191,6 +191,22 @@ def validate(config: ml_collections.ConfigDict) -> None:
         _validate_loss_weights(config.mode, config.loss.weights)
     if "mesh" in config:
         _validate_mesh(config.mesh)
+    _validate_model(config)
+
+
+# The feature tables come from the data; the model's own checks need only an item-id table.
+_STAND_IN_SPEC = {"item": {"item_id": {"vocab_size": 2, "width": 1}}}
+
+
+def _validate_model(config: ml_collections.ConfigDict) -> None:
+    """The model's field checks (``ModelConfig``), run here so an impossible combination (e.g.
+    ``history_tokens='embedding'`` with side info) stops before the dataset is built, not after."""
+    from onepiece_jax.model.config import from_config
+
+    try:
+        from_config(config, _STAND_IN_SPEC)
+    except ValueError as e:
+        raise ConfigError(f"config.{e}") from e
 
 
 def _validate_loss_weights(mode: str, weights: Mapping[str, float]) -> None:

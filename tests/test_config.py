@@ -40,6 +40,9 @@ def test_overrides_are_parsed_with_the_field_type():
     ("--config.train.eval_every_epochs=2", "config.train.eval_every_epochs"),
     ("--config.model.dropuot=0.2", "config.model.dropuot: unknown key (did you mean 'dropout'?"),
     ("--config.model.dropout.rate=0.2", "config.model.dropout is a value (0.2), not a section"),
+    ("--config.model.history_tokens=embedding", "config.model.history_tokens='embedding'"),
+    ("--config.model.num_heads=3", "config.model.d_model=64 is not divisible"),
+    ("--config.model.dropout=1.0", "config.model.dropout=1.0: must be in [0, 1)"),
 ])
 def test_bad_override_names_the_key(override, key):
     with pytest.raises(ConfigError, match=re.escape(key)):
