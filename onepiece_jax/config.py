@@ -146,26 +146,15 @@ def validate(config: ml_collections.ConfigDict) -> None:
     _validate_time_precision(config.dataset.time_precision)
     model, ctx, loss = config.model, config.context, config.loss
     k = model.reasoning_steps
-    if k < 0:
-        raise ConfigError(f"config.model.reasoning_steps={k}: must be >= 0")
-    if k > model.rpe_size:
-        raise ConfigError(f"config.model.reasoning_steps={k} exceeds the reasoning position "
-                          f"table config.model.rpe_size={model.rpe_size}")
     if loss.strategy == "progressive" and k > 0 and k != len(config.tasks):
         raise ConfigError(f"config.loss.strategy='progressive' needs one task per step: "
                           f"config.model.reasoning_steps={k} but config.tasks has "
                           f"{len(config.tasks)} ({', '.join(config.tasks)})")
-    if config.mode == "retrieval" and model.readout == "block" and not model.use_sd:
-        raise ConfigError("config.model.readout='block' in retrieval reads the 2 SD tokens "
-                          "(M = |SD|); it needs config.model.use_sd=True (or readout='last_token')")
     if config.mode == "ranking":
         c = ctx.num_candidates
         if c < 1 or ctx.max_candidates % c:
             raise ConfigError(f"config.context.num_candidates={c} must divide "
                               f"config.context.max_candidates={ctx.max_candidates}")
-        if model.readout != "block":
-            raise ConfigError("config.model.readout: ranking reads one row per candidate "
-                              "(M = C); use readout='block'")
     from onepiece_jax.train.step import SCHEDULES
 
     if config.train.schedule not in SCHEDULES:

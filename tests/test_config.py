@@ -61,7 +61,6 @@ def test_a_config_file_setting_a_key_base_config_lacks_is_refused_with_the_close
 
 
 def test_every_loss_weight_in_base_config_is_a_loss_term_and_every_term_has_one():
-    from onepiece_jax.config import base_config
     from onepiece_jax.train.losses import TERMS
 
     terms = {name for names in TERMS.values() for name in names}
@@ -71,8 +70,12 @@ def test_every_loss_weight_in_base_config_is_a_loss_term_and_every_term_has_one(
 def test_impossible_ranking_combination_is_rejected():
     with pytest.raises(ConfigError, match="num_candidates=7 must divide"):
         load_config(RANK, ["--config.context.num_candidates=7"])
-    with pytest.raises(ConfigError, match="readout"):
+    with pytest.raises(ConfigError, match=re.escape("config.model.readout='block' in retrieval")):
         load_config(ML, ["--config.model.use_sd=false"])
+    with pytest.raises(ConfigError, match=re.escape("config.model.readout: ranking reads one row")):
+        load_config(RANK, ["--config.model.readout=last_token"])
+    with pytest.raises(ConfigError, match=re.escape("config.model.reasoning_steps=-1: must be in")):
+        load_config(ML, ["--config.model.reasoning_steps=-1"])
 
 
 def test_a_stored_config_gets_keys_added_since_and_names_keys_no_longer_read():
