@@ -136,7 +136,8 @@ def apply_overrides(config: ml_collections.ConfigDict, overrides: Sequence[str])
 
 def validate(config: ml_collections.ConfigDict) -> None:
     """Cross-field checks that need no data; data-dependent ones run when the dataset is read."""
-    required = ("mode", "tasks", "dataset", "context", "model", "loss", "train", "eval")
+    required = ("mode", "tasks", "dataset", "context", "model", "loss", "train", "eval", "mesh",
+                "distributed")
     for key in required:
         if key not in config:
             raise ConfigError(f"config.{key}: missing")
@@ -178,8 +179,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
         raise ConfigError("config.loss.kind='next_item_softmax' is a retrieval loss")
     if config.loss.kind == "onepiece":
         _validate_loss_weights(config.mode, config.loss.weights)
-    if "mesh" in config:
-        _validate_mesh(config.mesh)
+    _validate_mesh(config.mesh)
     _validate_model(config)
 
 

@@ -36,7 +36,7 @@ import numpy as np
 import tqdm
 from tensorboardX import SummaryWriter
 
-from onepiece_jax.config import ConfigError, base_config, from_stored, with_defaults
+from onepiece_jax.config import ConfigError, from_stored
 from onepiece_jax.data.context import ContextConfig
 from onepiece_jax.data.events import EventLog
 from onepiece_jax.data.loader import (
@@ -390,9 +390,9 @@ def _save_config(config, workdir: Path) -> None:
         saved.distributed.process_id = -1
     text = saved.to_json_best_effort(indent=1)
     if path.is_file():
-        before, now = json.loads(path.read_text()).get("model") or {}, json.loads(text)["model"]
-        # a key added to the model config since that run was started holds its default there
-        before = with_defaults(before, json.loads(base_config().model.to_json_best_effort()))
+        # the stored run as this version reads it: a model key added since holds its default
+        before = from_stored(json.loads(path.read_text()), str(path)).model.to_dict()
+        now = saved.model.to_dict()
         changed = sorted(k for k in before.keys() | now.keys() if before.get(k) != now.get(k))
         if changed:
             raise ConfigError(f"{workdir} holds a run with a different config.model ("
