@@ -17,6 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from onepiece_jax.model.config import ModelConfig
+from onepiece_jax.model.dropout import Dropout
 
 _INIT = nn.initializers.normal(stddev=0.02)
 # Analysis hook, off unless asked for: with ``model.apply(..., mutable=[CAPTURE])`` every attention
@@ -68,7 +69,7 @@ class SelfAttention(nn.Module):
         ``train`` with ``attention_dropout > 0`` drops attention weights (the fused kernel has
         no dropout, so that case computes the softmax explicitly)."""
         cfg = self.config
-        drop_weights = nn.Dropout(cfg.attention_dropout, deterministic=not train)
+        drop_weights = Dropout(cfg.attention_dropout, deterministic=not train)
         dropping = train and cfg.attention_dropout > 0
         b, q_len, _ = x.shape
         chex.assert_shape(mask, (b, 1, q_len, k_pos.shape[0]))

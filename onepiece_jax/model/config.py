@@ -152,6 +152,10 @@ class ModelConfig:
         for name in ("dropout", "attention_dropout"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise ValueError(f"model.{name}={getattr(self, name)}: must be in [0, 1)")
+            if 0.0 < getattr(self, name) < 1.0 / 256:
+                raise ValueError(f"model.{name}={getattr(self, name)}: dropout draws one byte "
+                                 "per element (model/dropout.py), so a rate below 1/256 would "
+                                 "drop nothing; use 0 or at least 1/256")
         if not 0 <= self.reasoning_steps <= self.rpe_size:
             raise ValueError(f"model.reasoning_steps={self.reasoning_steps}: must be in "
                              f"[0, model.rpe_size={self.rpe_size}] (one RPE row per step)")

@@ -19,6 +19,7 @@ from flax import traverse_util
 from onepiece_jax.model import masks
 from onepiece_jax.model.attention import KVCache
 from onepiece_jax.model.config import ModelConfig
+from onepiece_jax.model.dropout import Dropout
 from onepiece_jax.model.embeddings import Catalog, ContextEmbedder
 from onepiece_jax.model.transformer import Transformer
 
@@ -76,7 +77,7 @@ class OnePiece(nn.Module):
         self.encoder = Transformer(cfg, max_distance=layout.block_position(cfg.rpe_size))
         if cfg.rpe_size:
             self.rpe = self.param("rpe", _INIT, (cfg.rpe_size, cfg.d_model))
-        self.token_dropout = nn.Dropout(cfg.dropout)
+        self.token_dropout = Dropout(cfg.dropout)
         if cfg.norm == "post":
             # Post-norm layers need normalised inputs and leave a normalised stream, so the LN
             # moves from the read-out to the tokens (SASRec: dropout(LN(item + position))).

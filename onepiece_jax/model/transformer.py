@@ -17,6 +17,7 @@ import numpy as np
 
 from onepiece_jax.model.attention import KVCache, SelfAttention
 from onepiece_jax.model.config import ModelConfig
+from onepiece_jax.model.dropout import Dropout
 
 _INIT = nn.initializers.normal(stddev=0.02)
 
@@ -37,7 +38,7 @@ class TransformerLayer(nn.Module):
         """
         cfg = self.config
         post = cfg.norm == "post"
-        drop = nn.Dropout(cfg.dropout, deterministic=not train)
+        drop = Dropout(cfg.dropout, deterministic=not train)
         attn_norm = nn.LayerNorm(dtype=jnp.float32, name="attn_norm")
         mixed, cache = SelfAttention(cfg, self.max_distance, name="attn")(
             h if post else attn_norm(h), mask, cache, q_pos, k_pos, train)
