@@ -16,6 +16,8 @@ from typing import Any, NamedTuple
 import jax.numpy as jnp
 import numpy as np
 
+from onepiece_jax.model.dropout import LEVELS as DROPOUT_LEVELS
+
 MODES = ("retrieval", "ranking")
 ATTENTIONS = ("softmax", "hstu")
 ATTENTION_IMPLS = (None, "xla", "cudnn")
@@ -152,10 +154,10 @@ class ModelConfig:
         for name in ("dropout", "attention_dropout"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise ValueError(f"model.{name}={getattr(self, name)}: must be in [0, 1)")
-            if 0.0 < getattr(self, name) < 1.0 / 256:
+            if 0.0 < getattr(self, name) < 1.0 / DROPOUT_LEVELS:
                 raise ValueError(f"model.{name}={getattr(self, name)}: dropout draws one byte "
                                  "per element (model/dropout.py), so a rate below 1/256 would "
-                                 "drop nothing; use 0 or at least 1/256")
+                                 "realise 0 or 1/256; use 0 or at least 1/256")
         if not 0 <= self.reasoning_steps <= self.rpe_size:
             raise ValueError(f"model.reasoning_steps={self.reasoning_steps}: must be in "
                              f"[0, model.rpe_size={self.rpe_size}] (one RPE row per step)")

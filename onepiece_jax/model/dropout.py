@@ -6,13 +6,13 @@ the largest single cost of a training step: the FFN's hidden dropout alone (f32[
 took about 75-95 ms per layer and call, against 10 ms for the layer's matmul. Here each 32-bit
 word is bitcast into four uint8 draws, so a quarter of the words are generated; the same tensor
 took 13-29 ms (``benchmarks/dropout.py``: 2.7-4.2x faster than ``nn.Dropout`` on the step's
-tensors). On the MovieLens-100K OnePiece step (K=2, batch 256) this cut 1,041 ms to 802 ms
-(SASRec 341 → 309 ms), one after the other with ``nn.Dropout`` patched in and out.
+tensors). On the MovieLens-100K OnePiece training step (K=2, batch 256) it cut 1,117 / 1,143 ms
+to 867 / 857 ms (1.30x; the commits before and after, alternating, twice).
 
 The price is resolution: an element is kept when its byte is below ``t = round(256·(1 − rate))``,
 so the realised rate is ``1 − t/256``, within 1/512 of the configured one (0.2 → 0.1992,
 0.3 → 0.3008, 0.5 exactly), and kept elements are scaled by ``256/t``, so the expectation is
-exactly the input. ``ModelConfig`` refuses rates in (0, 1/256), which would round to no dropout.
+exactly the input. ``ModelConfig`` refuses rates in (0, 1/256): they would realise 0 or 1/256.
 """
 
 from __future__ import annotations
@@ -51,4 +51,4 @@ class Dropout(nn.Module):
             return inputs
         threshold = keep_threshold(self.rate)
         keep = random_bytes(self.make_rng("dropout"), inputs.shape) < threshold
-        return jnp.where(keep, inputs * (LEVELS / threshold), 0).astype(inputs.dtype)
+        return jnp.where(keep, inputs * (LEVELS / threshold), 0)
