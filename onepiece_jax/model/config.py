@@ -106,6 +106,9 @@ class ModelConfig:
     use_side_info: bool = True
     use_pa: bool = True
     use_sd: bool = True
+    # the SD user token embeds the user id (SPEC §1); False keeps only the user's other features
+    # (a learned vector when there are none), so the model cannot memorise individual users
+    use_user_id: bool = True
     item_tower: str = "mlp"
     history_tokens: str = "adapter"
     head_hidden: int = 64
@@ -204,6 +207,13 @@ class ModelConfig:
         if self.use_side_info:
             return self.item_features
         return tuple(f for f in self.item_features if f.name == "item_id")
+
+    @property
+    def active_user_features(self) -> tuple[FeatureDef, ...]:
+        """User tables the SD user token reads: all of them, or all but the id."""
+        if self.use_user_id:
+            return self.user_features
+        return tuple(f for f in self.user_features if f.name != "user_id")
 
     @property
     def uses_behavior(self) -> bool:

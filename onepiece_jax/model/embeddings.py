@@ -73,7 +73,7 @@ class FeatureTables(nn.Module):
                     for f in features}
 
         self.item = tables("item", cfg.active_item_features)
-        self.user = tables("user", cfg.user_features)
+        self.user = tables("user", cfg.active_user_features)
         self.query = tables("query", cfg.query_features)
         self.context = tables("context", cfg.context_features)
         if cfg.uses_behavior:
@@ -82,7 +82,7 @@ class FeatureTables(nn.Module):
     def entity(self, entity: str, ids: jnp.ndarray, catalog: Catalog) -> jnp.ndarray:
         """ids: int32[...] of one entity kind → float32[..., D_entity], features concatenated."""
         cfg = self.config
-        features = {"item": cfg.active_item_features, "user": cfg.user_features,
+        features = {"item": cfg.active_item_features, "user": cfg.active_user_features,
                     "query": cfg.query_features}[entity]
         tables = {"item": self.item, "user": self.user, "query": self.query}[entity]
         pooled = []
@@ -130,10 +130,10 @@ class ContextEmbedder(nn.Module):
             self.eos = self.param("eos", _INIT, (d,))
         if cfg.use_sd:
             self.sd_pos = self.param("sd_pos", _INIT, (2, d))
-            self.proj_user = Adapter(cfg) if cfg.user_features else None
+            self.proj_user = Adapter(cfg) if cfg.active_user_features else None
             self.proj_query = Adapter(cfg) if cfg.query_features else None
             self.proj_context = Adapter(cfg) if cfg.context_features else None
-            if not (cfg.user_features and (cfg.query_features or cfg.context_features)):
+            if not (cfg.active_user_features and (cfg.query_features or cfg.context_features)):
                 self.sd_default = self.param("sd_default", _INIT, (2, d))
         if cfg.mode == "ranking":
             self.proj_cand = Adapter(cfg)

@@ -123,6 +123,44 @@ def test_tied_item_tower_uses_proj_shared_and_adds_no_parameters(tiny):
     assert "item_tower" not in tied["params"]["embedder"]
 
 
+def _user_vectors_for(model, variables, batch, catalog, users) -> np.ndarray:
+    return np.asarray(model.apply(variables, {**batch, "user": jnp.asarray(users, jnp.int32)},
+                                  catalog, train=False)["user_vectors"])
+
+
+@pytest.mark.parametrize("user_id", [True, False])
+def test_user_id_switch_decides_whether_two_users_with_equal_features_differ(tiny, user_id):
+    """``use_user_id=False`` drops the user-id table: users who share every other feature (here
+    the age bucket) then get the same SD token, while a different age still changes it."""
+    batch, catalog = tiny.batch("retrieval"), tiny.catalog()
+    age = np.asarray(catalog["user"]["age"][:, 0])
+    twin_a, twin_b = next((a, b) for a in range(1, len(age)) for b in range(a + 1, len(age))
+                          if age[a] == age[b])
+    other = next(u for u in range(1, len(age)) if age[u] != age[twin_a])
+    model, variables = tiny.init(tiny.config("retrieval", use_user_id=user_id), batch, catalog)
+    assert ("user_user_id" in variables["params"]["embedder"]["tables"]) == user_id
+    base = _user_vectors_for(model, variables, batch, catalog, [twin_a] * 3)
+    twin = _user_vectors_for(model, variables, batch, catalog, [twin_b] * 3)
+    assert np.allclose(base, twin, atol=1e-6) == (not user_id)
+    other_age = _user_vectors_for(model, variables, batch, catalog, [other] * 3)
+    assert not np.allclose(base, other_age, atol=1e-6)
+
+
+def test_without_user_id_or_other_user_features_the_user_token_is_learned(tiny):
+    """A log whose only user feature is the id (Amazon, Taobao) keeps SD with a learned user
+    token, the same for every user."""
+    batch, catalog = tiny.batch("retrieval"), tiny.catalog()
+    cfg = tiny.config("retrieval", use_user_id=False,
+                      user_features=tiny.config("retrieval").user_features[:1])
+    assert [f.name for f in cfg.user_features] == ["user_id"] and not cfg.active_user_features
+    model, variables = tiny.init(cfg, batch, catalog)
+    assert "sd_default" in variables["params"]["embedder"]
+    assert "proj_user" not in variables["params"]["embedder"]
+    out = _user_vectors_for(model, variables, batch, catalog, [1, 2, 3])
+    np.testing.assert_allclose(out, _user_vectors_for(model, variables, batch, catalog, [4, 5, 6]),
+                               atol=1e-6)
+
+
 def test_param_summary_lists_modules_and_the_total(tiny):
     batch, catalog = tiny.batch("ranking"), tiny.catalog()
     _, variables = tiny.init(tiny.config("ranking"), batch, catalog)

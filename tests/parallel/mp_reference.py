@@ -27,7 +27,7 @@ def real_rows(params, model_config) -> dict[str, np.ndarray]:
 
     cfg = model_config
     vocab = {f"{e}_{f.name}": f.vocab_size for e, feats in (
-        ("item", cfg.active_item_features), ("user", cfg.user_features),
+        ("item", cfg.active_item_features), ("user", cfg.active_user_features),
         ("query", cfg.query_features), ("context", cfg.context_features)) for f in feats}
     vocab["behavior"] = cfg.num_behaviors + 1
     out = {}
