@@ -201,19 +201,16 @@ class ModelConfig:
         """The activation dtype of dense/attention compute (parameters stay float32)."""
         return jnp.bfloat16 if self.compute_dtype == "bfloat16" else jnp.float32
 
-    @property
-    def active_item_features(self) -> tuple[FeatureDef, ...]:
-        """Item tables the model reads: all of them, or only the id without side info."""
-        if self.use_side_info:
-            return self.item_features
-        return tuple(f for f in self.item_features if f.name == "item_id")
-
-    @property
-    def active_user_features(self) -> tuple[FeatureDef, ...]:
-        """User tables the SD user token reads: all of them, or all but the id."""
-        if self.use_user_id:
-            return self.user_features
-        return tuple(f for f in self.user_features if f.name != "user_id")
+    def active_features(self, entity: str) -> tuple[FeatureDef, ...]:
+        """The tables the model reads for ``entity`` (item, user, query, context): the spec's,
+        less the item side info without ``use_side_info`` and the user id without
+        ``use_user_id``."""
+        features = getattr(self, f"{entity}_features")
+        if entity == "item" and not self.use_side_info:
+            return tuple(f for f in features if f.name == "item_id")
+        if entity == "user" and not self.use_user_id:
+            return tuple(f for f in features if f.name != "user_id")
+        return features
 
     @property
     def uses_behavior(self) -> bool:

@@ -72,18 +72,17 @@ class FeatureTables(nn.Module):
             return {f.name: padded_embed(f.vocab_size, cfg.feature_width(entity, f), cfg)
                     for f in features}
 
-        self.item = tables("item", cfg.active_item_features)
-        self.user = tables("user", cfg.active_user_features)
-        self.query = tables("query", cfg.query_features)
-        self.context = tables("context", cfg.context_features)
+        self.item = tables("item", cfg.active_features("item"))
+        self.user = tables("user", cfg.active_features("user"))
+        self.query = tables("query", cfg.active_features("query"))
+        self.context = tables("context", cfg.active_features("context"))
         if cfg.uses_behavior:
             self.behavior = padded_embed(cfg.num_behaviors + 1, cfg.feature_dim, cfg)
 
     def entity(self, entity: str, ids: jnp.ndarray, catalog: Catalog) -> jnp.ndarray:
         """ids: int32[...] of one entity kind → float32[..., D_entity], features concatenated."""
         cfg = self.config
-        features = {"item": cfg.active_item_features, "user": cfg.active_user_features,
-                    "query": cfg.query_features}[entity]
+        features = cfg.active_features(entity)
         tables = {"item": self.item, "user": self.user, "query": self.query}[entity]
         pooled = []
         for f in features:
@@ -130,10 +129,11 @@ class ContextEmbedder(nn.Module):
             self.eos = self.param("eos", _INIT, (d,))
         if cfg.use_sd:
             self.sd_pos = self.param("sd_pos", _INIT, (2, d))
-            self.proj_user = Adapter(cfg) if cfg.active_user_features else None
+            user_features = cfg.active_features("user")
+            self.proj_user = Adapter(cfg) if user_features else None
             self.proj_query = Adapter(cfg) if cfg.query_features else None
             self.proj_context = Adapter(cfg) if cfg.context_features else None
-            if not (cfg.active_user_features and (cfg.query_features or cfg.context_features)):
+            if not (user_features and (cfg.query_features or cfg.context_features)):
                 self.sd_default = self.param("sd_default", _INIT, (2, d))
         if cfg.mode == "ranking":
             self.proj_cand = Adapter(cfg)

@@ -152,7 +152,7 @@ def test_without_user_id_or_other_user_features_the_user_token_is_learned(tiny):
     batch, catalog = tiny.batch("retrieval"), tiny.catalog()
     cfg = tiny.config("retrieval", use_user_id=False,
                       user_features=tiny.config("retrieval").user_features[:1])
-    assert [f.name for f in cfg.user_features] == ["user_id"] and not cfg.active_user_features
+    assert [f.name for f in cfg.user_features] == ["user_id"] and not cfg.active_features("user")
     model, variables = tiny.init(cfg, batch, catalog)
     assert "sd_default" in variables["params"]["embedder"]
     assert "proj_user" not in variables["params"]["embedder"]

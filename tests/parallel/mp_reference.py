@@ -26,9 +26,8 @@ def real_rows(params, model_config) -> dict[str, np.ndarray]:
     from onepiece_jax.parallel.rules import path_str
 
     cfg = model_config
-    vocab = {f"{e}_{f.name}": f.vocab_size for e, feats in (
-        ("item", cfg.active_item_features), ("user", cfg.active_user_features),
-        ("query", cfg.query_features), ("context", cfg.context_features)) for f in feats}
+    vocab = {f"{e}_{f.name}": f.vocab_size for e in ("item", "user", "query", "context")
+             for f in cfg.active_features(e)}
     vocab["behavior"] = cfg.num_behaviors + 1
     out = {}
     for p, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
