@@ -129,11 +129,11 @@ class ContextEmbedder(nn.Module):
             self.eos = self.param("eos", _INIT, (d,))
         if cfg.use_sd:
             self.sd_pos = self.param("sd_pos", _INIT, (2, d))
-            user_features = cfg.active_features("user")
-            self.proj_user = Adapter(cfg) if user_features else None
-            self.proj_query = Adapter(cfg) if cfg.query_features else None
-            self.proj_context = Adapter(cfg) if cfg.context_features else None
-            if not (user_features and (cfg.query_features or cfg.context_features)):
+            user, query, context = map(cfg.active_features, ("user", "query", "context"))
+            self.proj_user = Adapter(cfg) if user else None
+            self.proj_query = Adapter(cfg) if query else None
+            self.proj_context = Adapter(cfg) if context else None
+            if not (user and (query or context)):
                 self.sd_default = self.param("sd_default", _INIT, (2, d))
         if cfg.mode == "ranking":
             self.proj_cand = Adapter(cfg)
