@@ -250,6 +250,10 @@ def base_config() -> ml_collections.ConfigDict:
         ih_max_len=50, pa_groups=(), pa_group_size=10, pa_key="global",
         pa_window_seconds=7 * 86400, pa_bucket_seconds=86400, pool_window=5,
         num_candidates=12, max_candidates=96, val_fraction=0.1, test_fraction=0.1))
+    # item_tower: "mlp" (its own adapter), "shared_proj" (tied to the history token) or
+    # "embedding" (the id row, SASRec); history_tokens: "adapter" (an MLP over all the item's
+    # features, SPEC §1), "embedding" (the id row) or "sum" (the id row + a linear map of the
+    # side features). See model/embeddings.py.
     c.model = ml_collections.ConfigDict(dict(
         d_model=64, num_layers=2, num_heads=4, ffn_mult=4, dropout=0.1, attention_dropout=0.0,
         feature_dim=16, norm="pre", ffn_inner_dropout=True, embed_init_std=0.0,

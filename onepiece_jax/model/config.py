@@ -25,7 +25,7 @@ COMPUTE_DTYPES = ("float32", "bfloat16")
 BASE_MASKS = ("bidirectional", "causal")
 READOUTS = ("block", "last_token")
 ITEM_TOWERS = ("mlp", "shared_proj", "embedding")
-HISTORY_TOKENS = ("adapter", "embedding")
+HISTORY_TOKENS = ("adapter", "embedding", "sum")
 NORMS = ("pre", "post")
 IH_POSITIONS = ("from_newest", "from_oldest")
 ENTITIES = ("item", "user", "query")
@@ -181,9 +181,11 @@ class ModelConfig:
                 raise ValueError(f"pa_behaviors has {len(self.pa_behaviors)} entries for "
                                  f"{self.pa_groups} anchor groups (spec['pa_groups'])")
         names = [f.name for f in self.item_features]
-        if "item_id" not in names and (not self.use_side_info or self.item_tower == "embedding"):
+        if "item_id" not in names and (not self.use_side_info or self.item_tower == "embedding"
+                                       or self.history_tokens == "sum"):
             raise ValueError("spec['item'] has no 'item_id' feature, which "
-                             "model.use_side_info=False and model.item_tower='embedding' need")
+                             "model.use_side_info=False, model.item_tower='embedding' and "
+                             "model.history_tokens='sum' need")
         if self.history_tokens == "embedding" and self.use_side_info:
             raise ValueError("model.history_tokens='embedding' feeds the raw item-id row as the "
                              "IH/PA token (SASRec); it needs model.use_side_info=False")

@@ -79,12 +79,14 @@ class FeatureTables(nn.Module):
         if cfg.uses_behavior:
             self.behavior = padded_embed(cfg.num_behaviors + 1, cfg.feature_dim, cfg)
 
-    def entity(self, entity: str, ids: jnp.ndarray, catalog: Catalog) -> jnp.ndarray:
-        """ids: int32[...] of one entity kind → float32[..., D_entity], features concatenated."""
+    def entity(self, entity: str, ids: jnp.ndarray, catalog: Catalog,
+               skip: tuple[str, ...] = ()) -> jnp.ndarray:
+        """ids: int32[...] of one entity kind → float32[..., D_entity], features concatenated
+        (those named in ``skip`` left out; none left gives width 0)."""
         cfg = self.config
-        features = cfg.active_features(entity)
+        features = [f for f in cfg.active_features(entity) if f.name not in skip]
         tables = {"item": self.item, "user": self.user, "query": self.query}[entity]
-        pooled = []
+        pooled = [jnp.zeros(ids.shape + (0,), jnp.float32)]
         for f in features:
             values = jnp.take(catalog[entity][f.name], ids, axis=0)
             pooled.append(masked_mean(tables[f.name](values), values))
@@ -122,6 +124,9 @@ class ContextEmbedder(nn.Module):
         d = cfg.d_model
         self.tables = FeatureTables(cfg)
         self.proj_shared = Adapter(cfg) if cfg.history_tokens == "adapter" else None
+        side = [f for f in cfg.active_features("item") if f.name != "item_id"]
+        if cfg.history_tokens == "sum" and (side or cfg.uses_behavior):
+            self.proj_side = nn.Dense(cfg.d_model, use_bias=False, kernel_init=_INIT)
         self.ih_pos = self.param("ih_pos", _INIT, (cfg.ih_len, d))
         if cfg.layout().pa:
             self.pa_pos = self.param("pa_pos", _INIT, (cfg.pa_size + 2, d))
@@ -142,17 +147,25 @@ class ContextEmbedder(nn.Module):
 
     def _shared_tokens(self, items: jnp.ndarray, levels: jnp.ndarray,
                        catalog: Catalog) -> jnp.ndarray:
-        """IH/PA tokens: items, levels: int32[...] → float32[..., d] through proj_shared.
+        """IH/PA tokens: items, levels: int32[...] → float32[..., d].
 
-        ``history_tokens='embedding'`` skips the adapter: the token is the item-id row itself, the
-        same vector the 'embedding' item tower scores (SASRec ties input and output embeddings).
+        'adapter': proj_shared over all the item's features (SPEC §1). 'embedding' skips it: the
+        token is the item-id row itself, the same vector the 'embedding' item tower scores (SASRec
+        ties input and output embeddings). 'sum': the id row plus a linear map of the side
+        features, the additive fusion of SASRec variants with side info: the id row reaches the
+        token unchanged, while the side features still shape it.
         """
-        if self.config.history_tokens == "embedding":
+        cfg = self.config
+        if cfg.history_tokens == "embedding":
             return self._id_rows(items, catalog)
-        features = self.tables.entity("item", items, catalog)
-        if self.config.uses_behavior:
+        skip = ("item_id",) if cfg.history_tokens == "sum" else ()
+        features = self.tables.entity("item", items, catalog, skip)
+        if cfg.uses_behavior:
             features = jnp.concatenate([features, self.tables.behavior_embedding(levels)], -1)
-        return self.proj_shared(features)
+        if cfg.history_tokens == "adapter":
+            return self.proj_shared(features)
+        rows = self._id_rows(items, catalog)
+        return rows + self.proj_side(features) if features.shape[-1] else rows
 
     def _id_rows(self, items: jnp.ndarray, catalog: Catalog) -> jnp.ndarray:
         """items: int32[...] → float32[..., d], the item-id embedding row (zero for padding)."""
@@ -238,8 +251,9 @@ class ContextEmbedder(nn.Module):
     def item_vectors(self, items: jnp.ndarray, catalog: Catalog) -> jnp.ndarray:
         """items: int32[...] → float32[..., d], the retrieval item tower z_v.
 
-        'mlp': its own adapter over the item features; 'shared_proj': proj_shared with behaviour
-        level 0 (tied to the history tokens); 'embedding': the item-id table row (SASRec).
+        'mlp': its own adapter over the item features; 'shared_proj': the history token with
+        behaviour level 0 (tied, whichever ``history_tokens`` makes it); 'embedding': the item-id
+        table row (SASRec).
         """
         cfg = self.config
         if cfg.item_tower == "embedding":

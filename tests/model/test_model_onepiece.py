@@ -123,6 +123,29 @@ def test_tied_item_tower_uses_proj_shared_and_adds_no_parameters(tiny):
     assert "item_tower" not in tied["params"]["embedder"]
 
 
+def test_sum_tokens_are_the_id_row_plus_a_linear_map_of_the_side_features(tiny):
+    """``history_tokens='sum'``: no adapter between the id row and the token; the side features
+    (and the behaviour level, zero for the tower) enter through one bias-free linear map."""
+    batch, catalog = tiny.batch("retrieval"), tiny.catalog()
+    cfg = tiny.config("retrieval", history_tokens="sum", item_tower="shared_proj")
+    model, variables = tiny.init(cfg, batch, catalog)
+    embedder = variables["params"]["embedder"]
+    assert "proj_shared" not in embedder and "item_tower" not in embedder
+    items = np.array([1, 4, 7])
+    pooled = []
+    for f in cfg.active_features("item")[1:]:
+        values = np.asarray(catalog["item"][f.name])[items]
+        rows = np.asarray(embedder["tables"][f"item_{f.name}"]["embedding"])[values]
+        weight = (values > 0)[..., None]
+        pooled.append((rows * weight).sum(1) / np.maximum(weight.sum(1), 1))
+    pooled.append(np.zeros((len(items), cfg.feature_dim)))  # behaviour level 0
+    id_rows = np.asarray(embedder["tables"]["item_item_id"]["embedding"])[items]
+    expected = id_rows + np.concatenate(pooled, -1) @ np.asarray(embedder["proj_side"]["kernel"])
+    vectors = model.apply(variables, jnp.asarray(items), catalog, method="item_vectors")
+    np.testing.assert_allclose(vectors, expected, atol=1e-5)
+    assert float(np.abs(expected - id_rows).max()) > 1e-3  # the side features do contribute
+
+
 def _user_vectors_for(model, variables, batch, catalog, users) -> np.ndarray:
     return np.asarray(model.apply(variables, {**batch, "user": jnp.asarray(users, jnp.int32)},
                                   catalog, train=False)["user_vectors"])
