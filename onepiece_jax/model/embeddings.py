@@ -125,8 +125,8 @@ class ContextEmbedder(nn.Module):
         self.tables = FeatureTables(cfg)
         self.proj_shared = Adapter(cfg) if cfg.history_tokens == "adapter" else None
         side = [f for f in cfg.active_features("item") if f.name != "item_id"]
-        if cfg.history_tokens == "sum" and (side or cfg.uses_behavior):
-            self.proj_side = nn.Dense(cfg.d_model, use_bias=False, kernel_init=_INIT)
+        self.proj_side = (nn.Dense(cfg.d_model, use_bias=False, kernel_init=_INIT)
+                          if cfg.history_tokens == "sum" and (side or cfg.uses_behavior) else None)
         self.ih_pos = self.param("ih_pos", _INIT, (cfg.ih_len, d))
         if cfg.layout().pa:
             self.pa_pos = self.param("pa_pos", _INIT, (cfg.pa_size + 2, d))
@@ -155,17 +155,20 @@ class ContextEmbedder(nn.Module):
         features, the additive fusion of SASRec variants with side info: the id row reaches the
         token unchanged, while the side features still shape it.
         """
-        cfg = self.config
-        if cfg.history_tokens == "embedding":
-            return self._id_rows(items, catalog)
-        skip = ("item_id",) if cfg.history_tokens == "sum" else ()
-        features = self.tables.entity("item", items, catalog, skip)
-        if cfg.uses_behavior:
-            features = jnp.concatenate([features, self.tables.behavior_embedding(levels)], -1)
-        if cfg.history_tokens == "adapter":
-            return self.proj_shared(features)
+        if self.config.history_tokens == "adapter":
+            return self.proj_shared(self._item_features(items, levels, catalog))
         rows = self._id_rows(items, catalog)
-        return rows + self.proj_side(features) if features.shape[-1] else rows
+        if self.proj_side is None:  # 'embedding', or 'sum' without side features
+            return rows
+        return rows + self.proj_side(self._item_features(items, levels, catalog, skip=("item_id",)))
+
+    def _item_features(self, items: jnp.ndarray, levels: jnp.ndarray, catalog: Catalog,
+                       skip: tuple[str, ...] = ()) -> jnp.ndarray:
+        """The item's pooled features (less ``skip``) and its behaviour-level embedding."""
+        features = self.tables.entity("item", items, catalog, skip)
+        if self.config.uses_behavior:
+            features = jnp.concatenate([features, self.tables.behavior_embedding(levels)], -1)
+        return features
 
     def _id_rows(self, items: jnp.ndarray, catalog: Catalog) -> jnp.ndarray:
         """items: int32[...] → float32[..., d], the item-id embedding row (zero for padding)."""

@@ -133,7 +133,9 @@ def test_sum_tokens_are_the_id_row_plus_a_linear_map_of_the_side_features(tiny):
     assert "proj_shared" not in embedder and "item_tower" not in embedder
     items = np.array([1, 4, 7])
     pooled = []
-    for f in cfg.active_features("item")[1:]:
+    for f in cfg.active_features("item"):
+        if f.name == "item_id":
+            continue
         values = np.asarray(catalog["item"][f.name])[items]
         rows = np.asarray(embedder["tables"][f"item_{f.name}"]["embedding"])[values]
         weight = (values > 0)[..., None]
