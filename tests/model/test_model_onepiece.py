@@ -79,6 +79,21 @@ def test_bfloat16_compute_runs_keeps_float32_params_and_outputs(tiny, mode):
         np.testing.assert_allclose(value, out32[key], atol=0.1, rtol=0.1)
 
 
+@pytest.mark.parametrize("mode", ["retrieval", "ranking"])
+def test_default_attention_matches_the_library_kernel(tiny, mode):
+    """The heads-major ``softmax_attention`` (default) and ``jax.nn.dot_product_attention``
+    (``attention_impl='xla'``) are the same function: same parameters, same outputs, a fully
+    padded example included."""
+    batch, catalog = tiny.batch(mode), tiny.catalog()
+    batch = {k: v.at[0].set(0) for k, v in batch.items()}
+    ours, variables = tiny.init(tiny.config(mode), batch, catalog)
+    library, library_vars = tiny.init(tiny.config(mode, attention_impl="xla"), batch, catalog)
+    assert jax.tree.structure(variables) == jax.tree.structure(library_vars)
+    out, expected = ours.apply(variables, batch, catalog), library.apply(variables, batch, catalog)
+    for key, value in out.items():
+        np.testing.assert_allclose(value, expected[key], atol=1e-5, rtol=1e-5, err_msg=key)
+
+
 def test_fully_padded_example_gives_finite_outputs(tiny):
     cfg = tiny.config("ranking")
     batch, catalog = tiny.batch("ranking"), tiny.catalog()

@@ -1,0 +1,103 @@
+"""Attention cost: the model's heads-major softmax attention against `jax.nn.dot_product_attention`.
+
+Times one ``SelfAttention`` layer, jitted, with ``model.attention_impl=''`` (the default:
+``softmax_attention`` in ``[B, H, S, D_h]``) and ``'xla'`` (the library kernel, which works in
+``[B, S, H, D_h]``), forward alone and forward + backward, median over repeats, round-robin so
+that load from other processes affects both alike. The shapes are those of a MovieLens-100K
+OnePiece training step (batch 256, 88 base tokens: 50 history + 36 anchors + 2 SD, d = 64,
+4 heads) — the base pass, and a reasoning step (its 2 rows against the 88 cached keys plus
+its own) — and a longer history (batch 64, 256 tokens). The two outputs are compared as well.
+
+    .venv/bin/python benchmarks/attention.py [--repeats 30]
+
+The last line is one JSON object: ``speedup`` (xla ms / ours ms) per case and pass, and
+``max_abs_diff`` per case.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from onepiece_jax.model.attention import SelfAttention
+from onepiece_jax.model.config import ModelConfig
+
+# name: (batch, cached keys, new rows)
+CASES = {"base pass, B=256, 88 tokens": (256, 0, 88),
+         "reasoning step, B=256, 2 rows on 88 cached": (256, 88, 2),
+         "base pass, B=64, 256 tokens": (64, 0, 256)}
+
+
+def _case(impl: str | None, batch: int, cached: int, rows: int, key: jax.Array) -> dict:
+    cfg = ModelConfig(d_model=64, num_heads=4, attention_impl=impl)
+    layer = SelfAttention(cfg, max_distance=8)
+    rng = np.random.default_rng(0)
+    total = cached + rows
+    mask = jnp.asarray(np.broadcast_to((rng.random((batch, total)) > 0.2)[:, None, None],
+                                       (batch, 1, rows, total)))
+    base = jnp.asarray(rng.normal(size=(batch, cached, 64)), jnp.float32)
+    x = jnp.asarray(rng.normal(size=(batch, rows, 64)), jnp.float32)
+    positions = np.arange(total, dtype=np.int32)
+    base_mask = jnp.ones((batch, 1, cached, cached), bool) if cached else None
+    cache = None
+    if cached:
+        params = layer.init(key, base, base_mask, None, positions[:cached], positions[:cached])
+        _, cache = layer.apply(params, base, base_mask, None, positions[:cached],
+                               positions[:cached])
+    else:
+        params = layer.init(key, x, mask, None, positions, positions)
+
+    def forward(p, h):
+        return layer.apply(p, h, mask, cache, positions[cached:], positions)[0]
+
+    def backward(p, h):
+        return jax.grad(lambda q, y: (forward(q, y) * y).sum(), argnums=(0, 1))(p, h)
+
+    return {"forward": (jax.jit(forward), params, x), "forward+backward": (jax.jit(backward),
+                                                                           params, x)}
+
+
+def _time(fn, params, x) -> float:
+    start = time.perf_counter()
+    jax.block_until_ready(fn(params, x))
+    return (time.perf_counter() - start) * 1e3
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=30)
+    args = parser.parse_args()
+    key = jax.random.key(0)
+    print(f"one SelfAttention layer (d=64, 4 heads), {args.repeats} repeats, median ms "
+          f"({jax.devices()[0].platform})")
+    print(f"{'case':<46}{'pass':<18}{'xla':>9}{'ours':>9}{'speed-up':>10}")
+    speedup, diff = {}, {}
+    for case, shape in CASES.items():
+        runs = {impl: _case(impl, *shape, key) for impl in (None, "xla")}
+        fwd = {impl: runs[impl]["forward"] for impl in runs}
+        diff[case] = float(np.abs(np.asarray(fwd[None][0](*fwd[None][1:]))
+                                  - np.asarray(fwd["xla"][0](*fwd["xla"][1:]))).max())
+        for name in ("forward", "forward+backward"):
+            for impl in runs:  # compile outside the timing
+                fn, params, x = runs[impl][name]
+                jax.block_until_ready(fn(params, x))
+            times = {impl: [] for impl in runs}
+            for _ in range(args.repeats):
+                for impl in runs:
+                    times[impl].append(_time(*runs[impl][name]))
+            ours, xla = (statistics.median(times[i]) for i in (None, "xla"))
+            speedup.setdefault(case, {})[name] = round(xla / ours, 2)
+            print(f"{case:<46}{name:<18}{xla:>9.2f}{ours:>9.2f}{xla / ours:>9.2f}×")
+        print(f"{'':<46}max |ours − xla| = {diff[case]:.1e}")
+    print(json.dumps({"speedup": speedup, "max_abs_diff": diff, "repeats": args.repeats,
+                      "platform": jax.devices()[0].platform}))
+
+
+if __name__ == "__main__":
+    main()
