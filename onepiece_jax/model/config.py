@@ -95,6 +95,8 @@ class ModelConfig:
     # RecBole's right-padded sequences)
     ih_positions: str = "from_newest"
     attention: str = "softmax"
+    # softmax attention kernel: None = the model's heads-major einsum attention (fastest on CPU,
+    # benchmarks/attention.py); "xla" or "cudnn" = jax.nn.dot_product_attention's
     attention_impl: str | None = None
     compute_dtype: str = "float32"
     base_mask: str = "bidirectional"
