@@ -47,9 +47,12 @@ def test_ranking_bundle_has_the_ranker_and_no_item_index(ranking_bundle):
 
 
 def _score_shapes(exported: jax.export.Exported, heads: int) -> set[tuple[int, int]]:
-    """(queries, keys) of every attention-score tensor f32[b, heads, q, k] in the program."""
+    """(rows, columns) of every heads-major matmul result f32[b, heads, q, ·] in the program:
+    the attention scores [b, heads, q, k] and the mixed values [b, heads, q, head_dim] (the
+    cached keys and values are not matmul results, so their S rows are not counted)."""
     text = exported.mlir_module()
-    return {(int(q), int(k)) for q, k in re.findall(rf"tensor<\?x{heads}x(\d+)x(\d+)xf32>", text)}
+    pattern = rf"dot_general[^\n]*-> tensor<\?x{heads}x(\d+)x(\d+)xf32>"
+    return {(int(q), int(k)) for q, k in re.findall(pattern, text)}
 
 
 def test_user_tower_encodes_the_base_once_then_k_steps_of_m_queries(retrieval_bundle,
