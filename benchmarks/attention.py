@@ -17,6 +17,7 @@ The last line is one JSON object: ``speedup`` (xla ms / ours ms) per case and pa
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import statistics
 import time
@@ -41,15 +42,15 @@ def _case(impl: str | None, batch: int, cached: int, rows: int, key: jax.Array) 
     total = cached + rows
     mask = jnp.asarray(np.broadcast_to((rng.random((batch, total)) > 0.2)[:, None, None],
                                        (batch, 1, rows, total)))
-    base = jnp.asarray(rng.normal(size=(batch, cached, 64)), jnp.float32)
     x = jnp.asarray(rng.normal(size=(batch, rows, 64)), jnp.float32)
     positions = np.arange(total, dtype=np.int32)
-    base_mask = jnp.ones((batch, 1, cached, cached), bool) if cached else None
     cache = None
-    if cached:
-        params = layer.init(key, base, base_mask, None, positions[:cached], positions[:cached])
-        _, cache = layer.apply(params, base, base_mask, None, positions[:cached],
-                               positions[:cached])
+    if cached:  # the base pass's keys and values, as a reasoning step finds them
+        base = jnp.asarray(rng.normal(size=(batch, cached, 64)), jnp.float32)
+        base_args = (jnp.ones((batch, 1, cached, cached), bool), None, positions[:cached],
+                     positions[:cached])
+        params = layer.init(key, base, *base_args)
+        _, cache = layer.apply(params, base, *base_args)
     else:
         params = layer.init(key, x, mask, None, positions, positions)
 
@@ -59,13 +60,13 @@ def _case(impl: str | None, batch: int, cached: int, rows: int, key: jax.Array) 
     def backward(p, h):
         return jax.grad(lambda q, y: (forward(q, y) * y).sum(), argnums=(0, 1))(p, h)
 
-    return {"forward": (jax.jit(forward), params, x), "forward+backward": (jax.jit(backward),
-                                                                           params, x)}
+    return {name: functools.partial(jax.jit(fn), params, x)
+            for name, fn in (("forward", forward), ("forward+backward", backward))}
 
 
-def _time(fn, params, x) -> float:
+def _time(call) -> float:
     start = time.perf_counter()
-    jax.block_until_ready(fn(params, x))
+    jax.block_until_ready(call())
     return (time.perf_counter() - start) * 1e3
 
 
@@ -80,17 +81,15 @@ def main() -> None:
     speedup, diff = {}, {}
     for case, shape in CASES.items():
         runs = {impl: _case(impl, *shape, key) for impl in (None, "xla")}
-        fwd = {impl: runs[impl]["forward"] for impl in runs}
-        diff[case] = float(np.abs(np.asarray(fwd[None][0](*fwd[None][1:]))
-                                  - np.asarray(fwd["xla"][0](*fwd["xla"][1:]))).max())
+        diff[case] = float(np.abs(np.asarray(runs[None]["forward"]())
+                                  - np.asarray(runs["xla"]["forward"]())).max())
         for name in ("forward", "forward+backward"):
             for impl in runs:  # compile outside the timing
-                fn, params, x = runs[impl][name]
-                jax.block_until_ready(fn(params, x))
+                jax.block_until_ready(runs[impl][name]())
             times = {impl: [] for impl in runs}
             for _ in range(args.repeats):
                 for impl in runs:
-                    times[impl].append(_time(*runs[impl][name]))
+                    times[impl].append(_time(runs[impl][name]))
             ours, xla = (statistics.median(times[i]) for i in (None, "xla"))
             speedup.setdefault(case, {})[name] = round(xla / ours, 2)
             print(f"{case:<46}{name:<18}{xla:>9.2f}{ours:>9.2f}{xla / ours:>9.2f}×")
