@@ -83,7 +83,8 @@ def attention_maps(workdir: str | Path, *, split: str = "validation",
     rows = layout.block_rows
     keep = np.asarray(batch["example_mask"])
     base_valid = np.asarray(valid)[keep]
-    block_valid = np.tile(base_valid[:, layout.length - rows:], (1, cfg.reasoning_steps))
+    start = layout.block_start
+    block_valid = np.tile(base_valid[:, start:start + rows], (1, cfg.reasoning_steps))
     full_valid = np.concatenate([base_valid, block_valid], axis=1)
     layers = captured[CAPTURE]["encoder"]
     maps = []

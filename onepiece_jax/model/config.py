@@ -23,7 +23,7 @@ ATTENTIONS = ("softmax", "hstu")
 ATTENTION_IMPLS = (None, "xla", "cudnn")
 COMPUTE_DTYPES = ("float32", "bfloat16")
 BASE_MASKS = ("bidirectional", "causal")
-READOUTS = ("block", "last_token")
+READOUTS = ("block", "last_token", "newest_item")
 ITEM_TOWERS = ("mlp", "shared_proj", "embedding")
 HISTORY_TOKENS = ("adapter", "embedding", "sum")
 NORMS = ("pre", "post")
@@ -45,7 +45,8 @@ class Layout(NamedTuple):
     Order: IH ⊕ [BOS PA_g EOS]×G ⊕ SD ⊕ CIS; absent segments have length 0.
     ``is_cis: bool[N]`` marks candidate tokens (the masks treat them specially);
     ``positions: int32[N]`` is the relative-position index the HSTU bias uses — candidates share
-    one index so that no order leaks between them; ``block_rows`` is M.
+    one index so that no order leaks between them; ``block_rows`` is M and ``block_start`` the base
+    row that O_0's first row is read from (the last M rows, or the newest history slot).
     """
 
     ih: int
@@ -53,6 +54,7 @@ class Layout(NamedTuple):
     sd: int
     cis: int
     block_rows: int
+    block_start: int
     is_cis: np.ndarray
     positions: np.ndarray
 
@@ -104,6 +106,9 @@ class ModelConfig:
     prefix_sees_cis: bool = True
     reasoning_steps: int = 2
     rpe_size: int = 4
+    # O_0, the block fed back and read: "block" = the last M rows (retrieval: the 2 SD tokens,
+    # SPEC §3), "last_token" = the last row (M = 1), "newest_item" = the newest history slot
+    # (M = 1; SASRec's read-out, which keeps the newest item's residual, with PA/SD still in context)
     readout: str = "block"
     use_side_info: bool = True
     use_pa: bool = True
@@ -234,9 +239,10 @@ class ModelConfig:
             rows = cis
         else:
             rows = 2 if self.readout == "block" else 1
+        start = ih - 1 if self.readout == "newest_item" else n - rows
         is_cis = np.arange(n) >= ih + pa + sd
         positions = np.minimum(np.arange(n), ih + pa + sd).astype(np.int32)
-        return Layout(ih, pa, sd, cis, rows, is_cis, positions)
+        return Layout(ih, pa, sd, cis, rows, start, is_cis, positions)
 
 
 def _check_choice(key: str, value: Any, choices: tuple) -> None:

@@ -110,7 +110,8 @@ class OnePiece(nn.Module):
         steps = len(block_inputs)
         mask = masks.block_causal_mask(valid, layout.is_cis, layout.block_rows, steps,
                                        cfg.base_mask == "causal", cfg.cis_visible,
-                                       cfg.prefix_sees_cis, self._isolate_rows())
+                                       cfg.prefix_sees_cis, self._isolate_rows(),
+                                       layout.block_start)
         positions = self._positions(steps)
         h, _ = self.encoder(jnp.concatenate([tokens, *block_inputs], axis=1), mask, None,
                             positions, positions, train)
@@ -121,7 +122,7 @@ class OnePiece(nn.Module):
         """x: float32[B, M, d], the step's block input, against the cache of base + blocks < k."""
         layout = self.config.layout()
         mask = masks.reasoning_mask(valid, layout.is_cis, layout.block_rows, step,
-                                    self._isolate_rows())
+                                    self._isolate_rows(), layout.block_start)
         q_pos = np.full(layout.block_rows, layout.block_position(step), np.int32)
         return self.encoder(x, mask, caches, q_pos, self._positions(step), train)
 
@@ -132,7 +133,7 @@ class OnePiece(nn.Module):
         rows = layout.block_rows
         positions = layout.positions
         h, caches = self.encoder(tokens, self._base_mask(valid), None, positions, positions, train)
-        blocks = [h[:, layout.length - rows:]]
+        blocks = [h[:, layout.block_start:layout.block_start + rows]]
         inputs: list[jnp.ndarray] = []
         for step in range(1, cfg.reasoning_steps + 1):
             inputs.append(blocks[-1] + self.rpe[step - 1])

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -15,9 +17,10 @@ def _cached_vs_full_pass(tiny, cfg):
     inputs = model.apply(variables, out["blocks"], method="reasoning_inputs")
     hidden = model.apply(variables, batch, catalog, inputs, method="full_pass")
     layout = cfg.layout()
-    n, m = layout.length, layout.block_rows
-    from_full = jnp.stack([hidden[:, n - m + k * m: n + k * m]
-                           for k in range(cfg.reasoning_steps + 1)])
+    n, m, start = layout.length, layout.block_rows, layout.block_start
+    from_full = jnp.stack([hidden[:, start:start + m]]
+                          + [hidden[:, n + (k - 1) * m: n + k * m]
+                             for k in range(1, cfg.reasoning_steps + 1)])
     return out, from_full
 
 
@@ -35,6 +38,7 @@ def test_kv_cached_reasoning_equals_one_block_causal_pass(tiny, mode, steps):
     ("ranking", {"attention": "hstu"}),
     ("ranking", {"cis_visible": False, "prefix_sees_cis": False}),
     ("retrieval", {"readout": "last_token", "use_sd": False}),
+    ("retrieval", {"readout": "newest_item"}),
     ("retrieval", {"norm": "post"}),
     ("ranking", {"norm": "post"}),
 ])
@@ -43,6 +47,24 @@ def test_kv_cache_equivalence_for_hstu_invisible_candidates_and_last_token(tiny,
     cfg = tiny.config(mode, reasoning_steps=2, **overrides)
     out, from_full = _cached_vs_full_pass(tiny, cfg)
     assert float(jnp.max(jnp.abs(out["blocks"] - from_full))) <= 1e-5
+
+
+def test_newest_item_readout_feeds_back_the_newest_history_slot_with_context_after_it(tiny):
+    cfg = tiny.config("retrieval", reasoning_steps=2, readout="newest_item")
+    layout = cfg.layout()
+    assert layout.block_rows == 1 and layout.pa > 0 and layout.sd == 2  # PA and SD follow IH
+    batch, catalog = tiny.batch("retrieval"), tiny.catalog()
+    model, variables = tiny.init(cfg, batch, catalog)
+    out = model.apply(variables, batch, catalog, train=False)
+    inputs = model.apply(variables, out["blocks"], method="reasoning_inputs")
+    hidden = model.apply(variables, batch, catalog, inputs, method="full_pass")
+    has_history = np.asarray(batch["ih_item"])[:, -1] > 0  # example 2's history is empty
+    np.testing.assert_allclose(out["blocks"][0, has_history, 0],
+                               hidden[has_history, cfg.ih_len - 1], atol=1e-5)
+    assert bool(jnp.isfinite(out["user_vectors"]).all())
+    last = tiny.init(dataclasses.replace(cfg, readout="last_token"), batch, catalog)[0]
+    assert float(jnp.max(jnp.abs(last.apply(variables, batch, catalog)["blocks"][0]
+                                 - out["blocks"][0]))) > 1e-3  # not the last (SD) token
 
 
 @pytest.mark.parametrize("mode", ["retrieval", "ranking"])
