@@ -108,7 +108,7 @@ class ModelConfig:
     rpe_size: int = 4
     # O_0, the block fed back and read: "block" = the last M rows (retrieval: the 2 SD tokens,
     # SPEC §3), "last_token" = the last row (M = 1), "newest_item" = the newest history slot
-    # (M = 1; SASRec's read-out, which keeps the newest item's residual, with PA/SD still in context)
+    # (M = 1; SASRec's read-out, the newest item's own residual stream, PA/SD still in context)
     readout: str = "block"
     use_side_info: bool = True
     use_pa: bool = True
