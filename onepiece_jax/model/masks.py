@@ -54,7 +54,8 @@ def base_mask(valid: jnp.ndarray, is_cis: np.ndarray, causal: bool, cis_visible:
                     np.arange(n))
 
 
-def _step_structure(is_cis: np.ndarray, rows: int, step: int, isolate_rows: bool) -> np.ndarray:
+def _step_structure(is_cis: np.ndarray, rows: int, start: int, step: int,
+                    isolate_rows: bool) -> np.ndarray:
     """bool[M, N + step·M]: what the M rows of reasoning block ``step`` see (block-causal).
 
     Block ``step`` sees the base and blocks 1..step, fully inside a block. With ``isolate_rows``
@@ -65,31 +66,31 @@ def _step_structure(is_cis: np.ndarray, rows: int, step: int, isolate_rows: bool
     if not isolate_rows:
         return np.ones((rows, n + step * rows), bool)
     row = np.arange(rows)[:, None]
-    own_cis = np.arange(n)[None, :] == (n - rows + row)
+    own_cis = np.arange(n)[None, :] == (start + row)
     base_part = ~is_cis[None, :] | own_cis
     block_part = np.tile(np.eye(rows, dtype=bool), (1, step))
     return np.concatenate([base_part, block_part], axis=1)
 
 
-def reasoning_mask(valid: jnp.ndarray, is_cis: np.ndarray, rows: int, step: int,
-                   isolate_rows: bool, start: int | None = None) -> jnp.ndarray:
+def reasoning_mask(valid: jnp.ndarray, is_cis: np.ndarray, rows: int, start: int, step: int,
+                   isolate_rows: bool) -> jnp.ndarray:
     """The KV-cached step mask bool[B, 1, M, N + step·M] for block ``step`` (1-based) queries.
 
     valid: bool[B, N] is base-token validity; block row i is as valid as the base row it was read
-    from (``valid[:, start+i]``; ``start`` defaults to N-M, the last M rows), so a padded
-    candidate's reasoning rows are hidden from the others.
+    from (``valid[:, start+i]``, ``Layout.block_start``), so a padded candidate's reasoning rows
+    are hidden from the others.
     """
     n = is_cis.shape[0]
-    start = n - rows if start is None else start
     block_valid = jnp.tile(valid[:, start:start + rows], (1, step))
     key_valid = jnp.concatenate([valid, block_valid], axis=1)
     self_cols = n + (step - 1) * rows + np.arange(rows)
-    return _combine(_step_structure(is_cis, rows, step, isolate_rows), key_valid, self_cols)
+    return _combine(_step_structure(is_cis, rows, start, step, isolate_rows), key_valid,
+                    self_cols)
 
 
-def block_causal_mask(valid: jnp.ndarray, is_cis: np.ndarray, rows: int, steps: int,
+def block_causal_mask(valid: jnp.ndarray, is_cis: np.ndarray, rows: int, start: int, steps: int,
                       causal: bool, cis_visible: bool, prefix_sees_cis: bool,
-                      isolate_rows: bool, start: int | None = None) -> jnp.ndarray:
+                      isolate_rows: bool) -> jnp.ndarray:
     """bool[B, 1, N + S·M, N + S·M] for one pass over [base ; block 1 ; … ; block S].
 
     The base rows are the base mask (base never sees blocks); block k's rows are exactly the
@@ -98,7 +99,7 @@ def block_causal_mask(valid: jnp.ndarray, is_cis: np.ndarray, rows: int, steps: 
     """
     total = is_cis.shape[0] + steps * rows
     parts = [base_mask(valid, is_cis, causal, cis_visible, prefix_sees_cis)]
-    parts += [reasoning_mask(valid, is_cis, rows, k, isolate_rows, start)
+    parts += [reasoning_mask(valid, is_cis, rows, start, k, isolate_rows)
               for k in range(1, steps + 1)]
     padded = [jnp.pad(p, ((0, 0), (0, 0), (0, 0), (0, total - p.shape[-1]))) for p in parts]
     return jnp.concatenate(padded, axis=2)

@@ -108,10 +108,10 @@ class OnePiece(nn.Module):
         cfg = self.config
         layout = cfg.layout()
         steps = len(block_inputs)
-        mask = masks.block_causal_mask(valid, layout.is_cis, layout.block_rows, steps,
-                                       cfg.base_mask == "causal", cfg.cis_visible,
-                                       cfg.prefix_sees_cis, self._isolate_rows(),
-                                       layout.block_start)
+        mask = masks.block_causal_mask(valid, layout.is_cis, layout.block_rows,
+                                       layout.block_start, steps, cfg.base_mask == "causal",
+                                       cfg.cis_visible, cfg.prefix_sees_cis,
+                                       self._isolate_rows())
         positions = self._positions(steps)
         h, _ = self.encoder(jnp.concatenate([tokens, *block_inputs], axis=1), mask, None,
                             positions, positions, train)
@@ -121,8 +121,8 @@ class OnePiece(nn.Module):
                      step: int, train: bool) -> tuple[jnp.ndarray, tuple[KVCache, ...]]:
         """x: float32[B, M, d], the step's block input, against the cache of base + blocks < k."""
         layout = self.config.layout()
-        mask = masks.reasoning_mask(valid, layout.is_cis, layout.block_rows, step,
-                                    self._isolate_rows(), layout.block_start)
+        mask = masks.reasoning_mask(valid, layout.is_cis, layout.block_rows, layout.block_start,
+                                    step, self._isolate_rows())
         q_pos = np.full(layout.block_rows, layout.block_position(step), np.int32)
         return self.encoder(x, mask, caches, q_pos, self._positions(step), train)
 

@@ -13,6 +13,7 @@ from onepiece_jax.model import masks
 # Three prefix tokens (p0 is padding) then two candidates c0, c1.
 IS_CIS = np.array([False, False, False, True, True])
 VALID = jnp.array([[False, True, True, True, True]])
+START = 3  # the block is read from the 2 candidate rows
 
 # Expected base masks, rows = queries, columns = keys (p0 p1 p2 c0 c1), by (causal, cis_visible,
 # prefix_sees_cis). A padded row only sees itself; causal prefixes never see the later candidates.
@@ -61,7 +62,8 @@ EXPECTED_STEP2 = {
 @pytest.mark.parametrize("isolate,c1_valid", list(itertools.product([False, True], repeat=2)))
 def test_reasoning_step_mask_matches_hand_written_case(isolate, c1_valid):
     valid = VALID.at[0, 4].set(c1_valid)
-    mask = masks.reasoning_mask(valid, IS_CIS, rows=2, step=2, isolate_rows=isolate)
+    mask = masks.reasoning_mask(valid, IS_CIS, rows=2, start=START, step=2,
+                                isolate_rows=isolate)
     assert mask.shape == (1, 1, 2, 9)
     expected = _bits(EXPECTED_STEP2[(isolate, c1_valid)])
     np.testing.assert_array_equal(np.asarray(mask[0, 0]), expected)
@@ -70,7 +72,7 @@ def test_reasoning_step_mask_matches_hand_written_case(isolate, c1_valid):
 @pytest.mark.parametrize("isolate", [False, True])
 def test_block_causal_mask_base_never_sees_blocks_and_blocks_never_see_the_future(isolate):
     steps, rows, n = 3, 2, 5
-    mask = np.asarray(masks.block_causal_mask(VALID, IS_CIS, rows, steps, causal=False,
+    mask = np.asarray(masks.block_causal_mask(VALID, IS_CIS, rows, START, steps, causal=False,
                                               cis_visible=not isolate, prefix_sees_cis=True,
                                               isolate_rows=isolate))[0, 0]
     assert mask.shape == (n + steps * rows,) * 2
@@ -78,7 +80,7 @@ def test_block_causal_mask_base_never_sees_blocks_and_blocks_never_see_the_futur
     for k in range(1, steps + 1):
         rows_k = slice(n + (k - 1) * rows, n + k * rows)
         assert not mask[rows_k, n + k * rows:].any(), f"block {k} sees a later block"
-        step = np.asarray(masks.reasoning_mask(VALID, IS_CIS, rows, k, isolate))[0, 0]
+        step = np.asarray(masks.reasoning_mask(VALID, IS_CIS, rows, START, k, isolate))[0, 0]
         np.testing.assert_array_equal(mask[rows_k, : n + k * rows], step)
     base = np.asarray(masks.base_mask(VALID, IS_CIS, False, not isolate, True))[0, 0]
     np.testing.assert_array_equal(mask[:n, :n], base)
@@ -87,7 +89,8 @@ def test_block_causal_mask_base_never_sees_blocks_and_blocks_never_see_the_futur
 def test_retrieval_block_rows_are_fully_visible_inside_a_block():
     is_cis = np.zeros(4, bool)
     valid = jnp.ones((1, 4), bool)
-    mask = np.asarray(masks.reasoning_mask(valid, is_cis, rows=2, step=1, isolate_rows=False))
+    mask = np.asarray(masks.reasoning_mask(valid, is_cis, rows=2, start=2, step=1,
+                                              isolate_rows=False))
     assert mask.all()
 
 
@@ -96,5 +99,5 @@ def test_every_query_row_of_a_fully_padded_example_keeps_one_visible_key():
     for causal, visible, sees in itertools.product([False, True], repeat=3):
         mask = masks.base_mask(valid, IS_CIS, causal, visible, sees)
         assert np.asarray(mask).any(-1).all()
-    full = masks.block_causal_mask(valid, IS_CIS, 2, 2, False, True, True, False)
+    full = masks.block_causal_mask(valid, IS_CIS, 2, START, 2, False, True, True, False)
     assert np.asarray(full).any(-1).all()

@@ -10,12 +10,18 @@ import numpy as np
 import pytest
 
 
-def _cached_vs_full_pass(tiny, cfg):
+def _cached_and_full_pass(tiny, cfg):
+    """The variables, the KV-cached outputs and the hidden states of one full pass over
+    [base ; X_1..X_K]."""
     batch, catalog = tiny.batch(cfg.mode), tiny.catalog()
     model, variables = tiny.init(cfg, batch, catalog)
     out = model.apply(variables, batch, catalog, train=False)
     inputs = model.apply(variables, out["blocks"], method="reasoning_inputs")
-    hidden = model.apply(variables, batch, catalog, inputs, method="full_pass")
+    return variables, out, model.apply(variables, batch, catalog, inputs, method="full_pass")
+
+
+def _cached_vs_full_pass(tiny, cfg):
+    _, out, hidden = _cached_and_full_pass(tiny, cfg)
     layout = cfg.layout()
     n, m, start = layout.length, layout.block_rows, layout.block_start
     from_full = jnp.stack([hidden[:, start:start + m]]
@@ -53,11 +59,8 @@ def test_newest_item_readout_feeds_back_the_newest_history_slot_with_context_aft
     cfg = tiny.config("retrieval", reasoning_steps=2, readout="newest_item")
     layout = cfg.layout()
     assert layout.block_rows == 1 and layout.pa > 0 and layout.sd == 2  # PA and SD follow IH
+    variables, out, hidden = _cached_and_full_pass(tiny, cfg)
     batch, catalog = tiny.batch("retrieval"), tiny.catalog()
-    model, variables = tiny.init(cfg, batch, catalog)
-    out = model.apply(variables, batch, catalog, train=False)
-    inputs = model.apply(variables, out["blocks"], method="reasoning_inputs")
-    hidden = model.apply(variables, batch, catalog, inputs, method="full_pass")
     has_history = np.asarray(batch["ih_item"])[:, -1] > 0  # example 2's history is empty
     np.testing.assert_allclose(out["blocks"][0, has_history, 0],
                                hidden[has_history, cfg.ih_len - 1], atol=1e-5)
