@@ -19,12 +19,11 @@ from __future__ import annotations
 import argparse
 import functools
 import json
-import statistics
-import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from _timing import round_robin_ms
 
 from onepiece_jax.model.attention import SelfAttention
 from onepiece_jax.model.config import ModelConfig
@@ -64,12 +63,6 @@ def _case(impl: str | None, batch: int, cached: int, rows: int, key: jax.Array) 
             for name, fn in (("forward", forward), ("forward+backward", backward))}
 
 
-def _time(call) -> float:
-    start = time.perf_counter()
-    jax.block_until_ready(call())
-    return (time.perf_counter() - start) * 1e3
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=30)
@@ -84,13 +77,9 @@ def main() -> None:
         diff[case] = float(np.abs(np.asarray(runs[None]["forward"]())
                                   - np.asarray(runs["xla"]["forward"]())).max())
         for name in ("forward", "forward+backward"):
-            for impl in runs:  # compile outside the timing
-                jax.block_until_ready(runs[impl][name]())
-            times = {impl: [] for impl in runs}
-            for _ in range(args.repeats):
-                for impl in runs:
-                    times[impl].append(_time(runs[impl][name]))
-            ours, xla = (statistics.median(times[i]) for i in (None, "xla"))
+            ms = round_robin_ms({impl: lambda _, c=runs[impl][name]: c() for impl in runs},
+                                args.repeats)
+            ours, xla = ms[None], ms["xla"]
             speedup.setdefault(case, {})[name] = round(xla / ours, 2)
             print(f"{case:<46}{name:<18}{xla:>9.2f}{ours:>9.2f}{xla / ours:>9.2f}×")
         print(f"{'':<46}max |ours − xla| = {diff[case]:.1e}")

@@ -16,13 +16,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
-import time
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+from _timing import round_robin_ms
 
 from onepiece_jax.model.dropout import Dropout
 
@@ -41,12 +40,6 @@ def _fns(layer: nn.Module) -> dict:
     return {"forward": jax.jit(forward), "forward+backward": jax.jit(backward)}
 
 
-def _time(fn, x, key) -> float:
-    start = time.perf_counter()
-    jax.block_until_ready(fn(x, key))
-    return (time.perf_counter() - start) * 1e3
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=30)
@@ -62,13 +55,8 @@ def main() -> None:
     for label, shape in SHAPES.items():
         x = jax.random.normal(jax.random.key(1), shape)
         for pass_name in ("forward", "forward+backward"):
-            times = {name: [] for name in fns}
-            for name in fns:  # warm-up: compile
-                _time(fns[name][pass_name], x, key)
-            for i in range(args.repeats):
-                for name in fns:
-                    times[name].append(_time(fns[name][pass_name], x, jax.random.key(i)))
-            med = {name: statistics.median(t) for name, t in times.items()}
+            med = round_robin_ms({name: lambda i, f=fn[pass_name], x=x: f(x, jax.random.key(i))
+                                  for name, fn in fns.items()}, args.repeats)
             ratio = med["flax"] / med["ours"]
             speedup[f"{label} {pass_name}"] = round(ratio, 2)
             print(f"{label:<36}{pass_name:<18}{med['flax']:>9.1f}{med['ours']:>9.1f}"

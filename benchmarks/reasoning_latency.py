@@ -19,12 +19,11 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import statistics
-import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from _timing import round_robin_ms
 
 from onepiece_jax.model import ModelConfig, OnePiece
 from onepiece_jax.model.config import FeatureDef
@@ -76,16 +75,8 @@ def synthetic_batch(rng: np.random.Generator, cfg: ModelConfig, batch: int) -> d
 def time_variants(fns: dict, variables: dict, batch: dict, catalog: dict,
                   repeats: int) -> dict[str, float]:
     """Median wall time (ms) per variant; compile + one warm-up run first, then round-robin."""
-    for fn in fns.values():
-        jax.block_until_ready(fn(variables, batch, catalog))
-        jax.block_until_ready(fn(variables, batch, catalog))
-    samples: dict[str, list[float]] = {name: [] for name in fns}
-    for _ in range(repeats):
-        for name, fn in fns.items():
-            start = time.perf_counter()
-            jax.block_until_ready(fn(variables, batch, catalog))
-            samples[name].append((time.perf_counter() - start) * 1e3)
-    return {name: statistics.median(s) for name, s in samples.items()}
+    return round_robin_ms({name: lambda _, f=fn: f(variables, batch, catalog)
+                           for name, fn in fns.items()}, repeats, warmup=2)
 
 
 def run(ih_lens: list[int], batches: list[int], repeats: int) -> list[dict]:
