@@ -435,9 +435,64 @@ ATTENTION = Suite(
     attention=True)
 
 
+# Beauty, SASRec's 10-epoch schedule, with the additive item token and tied tower and no anchors
+# (global top items without timestamps: no gain, README), so that the read-out and the objective
+# are the only axes left between these rows.
+_BEAUTY_BASE = {"train.epochs": 10, "model.history_tokens": "sum",
+                "model.item_tower": "shared_proj", "model.use_pa": False}
+_K0 = {"model.reasoning_steps": 0, "loss.strategy": "last_step"}
+_CE = {"loss.kind": "next_item_softmax"}
+_NEWEST = {"model.readout": "newest_item"}
+
+
+def _readout_variant(name: str, label: str, *parts: Mapping[str, Any]) -> Variant:
+    overrides: dict[str, Any] = dict(_BEAUTY_BASE)
+    for part in parts:
+        overrides.update(part)
+    return Variant(name, label, "beauty", "beauty_onepiece.py", _frozen(overrides))
+
+
+READOUT = Suite(
+    "readout", "Read-out row and objective (Amazon Beauty)", "— (issue #4 diagnostic)",
+    (Variant("sasrec", "SASRec", "beauty", "beauty_sasrec.py", _frozen({"train.epochs": 10})),
+     _readout_variant("k0_ce.block", "K=0, SASRec's loss, SD block read-out", _K0, _CE),
+     _readout_variant("k0_ce.newest", "K=0, SASRec's loss, newest-item read-out", _K0, _CE,
+                      _NEWEST),
+     _readout_variant("k0_ce.no_sd", "K=0, SASRec's loss, no SD tokens (last token = newest "
+                      "item)", _K0, _CE, {"model.use_sd": False, "model.readout": "last_token"}),
+     _readout_variant("k0_own.newest", "K=0, OnePiece's objective, newest-item read-out", _K0,
+                      _NEWEST),
+     _readout_variant("k2_own.block", "K=2 progressive, OnePiece's objective, SD block"),
+     _readout_variant("k2_own.newest", "K=2 progressive, OnePiece's objective, newest item",
+                      _NEWEST),
+     _readout_variant("k2_ce.newest", "K=2, SASRec's loss on the served step, newest item",
+                      _CE, _NEWEST)),
+    findings=(
+        Finding("newest-item read-out > SD block (K=0, SASRec's loss)", ("k0_ce.newest",),
+                ("k0_ce.block",)),
+        Finding("newest-item read-out > SD block (K=2, OnePiece's objective)",
+                ("k2_own.newest",), ("k2_own.block",)),
+        Finding("SASRec's loss > OnePiece's objective (K=0, newest item)", ("k0_ce.newest",),
+                ("k0_own.newest",)),
+        Finding("reasoning helps (newest item, SASRec's loss): K=2 > K=0", ("k2_ce.newest",),
+                ("k0_ce.newest",)),
+        Finding("SD tokens in context cost (newest item, SASRec's loss)", ("k0_ce.no_sd",),
+                ("k0_ce.newest",)),
+        Finding("K=0 with SASRec's loss and the newest-item read-out > SASRec",
+                ("k0_ce.newest",), ("sasrec",))),
+    signals="Not a paper table: the README's Beauty section found OnePiece behind SASRec, and a "
+            "K=0 model with SASRec's loss ahead of it once O_0 is read from the newest history "
+            "item (SASRec's read-out row) instead of the SD block (one seed). This suite crosses "
+            "read-out (SD block / newest item / no SD) with objective (SASRec's full-softmax "
+            "cross-entropy / OnePiece's BCE + U2I + I2U over the whole catalogue, eta 1) and K, "
+            "so the finding and the open question (why OnePiece's objective gains nothing from "
+            "the read-out) have seed spreads. On Beauty the newest item says most about the "
+            "next one; the SD tokens carry only the user id and a learned vector.")
+
+
 SUITES: Mapping[str, Suite] = _frozen({s.name: s for s in (
     BASELINES, CONTEXT, RETRIEVAL_STRATEGY, RANKING_STRATEGY, BLOCK_SIZE, DATA_SCALING,
-    ATTENTION)})
+    ATTENTION, READOUT)})
 
 
 def get_suite(name: str) -> Suite:

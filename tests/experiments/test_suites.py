@@ -74,3 +74,24 @@ def test_controls_run_on_worlds_without_the_planted_signal():
     controls = [f for f in context.findings if f.expect == "none"]
     assert {context.variant(n).data for f in controls for n in (*f.plus, *f.minus)} == \
         {"synthetic_flat", "synthetic_no_intent"}
+
+
+def test_readout_findings_compare_rows_that_differ_only_in_the_named_axis():
+    """Each within-OnePiece finding of the read-out suite changes one axis (read-out, objective,
+    K or the SD tokens) and nothing else, so its effect can be attributed."""
+    suite = get_suite("readout")
+    axes = {"read-out": {"model.readout"}, "loss": {"loss.kind"},
+            "reasoning": {"model.reasoning_steps", "loss.strategy"},
+            "SD tokens": {"model.use_sd", "model.readout"}}
+    seen = set()
+    for finding in suite.findings:
+        (plus,), (minus,) = finding.plus, finding.minus
+        a, b = suite.variant(plus), suite.variant(minus)
+        if a.config != b.config:  # the SASRec comparison
+            continue
+        differ = {k for k in {*a.overrides, *b.overrides}
+                  if a.overrides.get(k) != b.overrides.get(k)}
+        matched = [name for name, keys in axes.items() if differ and differ <= keys]
+        assert matched, (finding.claim, differ)
+        seen.update(matched)
+    assert seen >= {"read-out", "loss", "reasoning", "SD tokens"}
