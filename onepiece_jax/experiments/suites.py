@@ -453,7 +453,7 @@ def _readout_variant(name: str, label: str, *parts: Mapping[str, Any]) -> Varian
 
 
 READOUT = Suite(
-    "readout", "Read-out row and objective (Amazon Beauty)", "— (issue #4 diagnostic)",
+    "readout", "Read-out row and objective (Amazon Beauty)", "none: issue #4's diagnostic",
     (Variant("sasrec", "SASRec", "beauty", "beauty_sasrec.py", _frozen({"train.epochs": 10})),
      _readout_variant("k0_ce.block", "K=0, SASRec's loss, SD block read-out", _K0, _CE),
      _readout_variant("k0_ce.newest", "K=0, SASRec's loss, newest-item read-out", _K0, _CE,
