@@ -78,9 +78,9 @@ def test_controls_run_on_worlds_without_the_planted_signal():
 
 def test_readout_findings_compare_rows_that_differ_only_in_the_named_axis():
     """Each within-OnePiece finding of the read-out suite changes one axis (read-out, objective,
-    K or the SD tokens) and nothing else, so its effect can be attributed."""
+    BCE, K or the SD tokens) and nothing else, so its effect can be attributed."""
     suite = get_suite("readout")
-    axes = {"read-out": {"model.readout"}, "loss": {"loss.kind"},
+    axes = {"read-out": {"model.readout"}, "loss": {"loss.kind"}, "BCE": {"loss.weights.bce"},
             "reasoning": {"model.reasoning_steps", "loss.strategy"},
             "SD tokens": {"model.use_sd", "model.readout"}}
     seen = set()
@@ -94,4 +94,4 @@ def test_readout_findings_compare_rows_that_differ_only_in_the_named_axis():
         matched = [name for name, keys in axes.items() if differ and differ <= keys]
         assert matched, (finding.claim, differ)
         seen.update(matched)
-    assert seen >= {"read-out", "loss", "reasoning", "SD tokens"}
+    assert seen >= set(axes)
