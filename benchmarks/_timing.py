@@ -11,6 +11,8 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
+import jax
+
 
 def round_robin_ms(calls: Mapping[str, Callable[[int], Any]], repeats: int,
                    warmup: int = 1) -> dict[str, float]:
@@ -18,17 +20,11 @@ def round_robin_ms(calls: Mapping[str, Callable[[int], Any]], repeats: int,
     calls each (the first compiles). ``i`` is the repeat index, for calls that vary a key."""
     for call in calls.values():
         for _ in range(warmup):
-            _block(call(0))
+            jax.block_until_ready(call(0))
     samples: dict[str, list[float]] = {name: [] for name in calls}
     for i in range(repeats):
         for name, call in calls.items():
             start = time.perf_counter()
-            _block(call(i))
+            jax.block_until_ready(call(i))
             samples[name].append((time.perf_counter() - start) * 1e3)
     return {name: statistics.median(s) for name, s in samples.items()}
-
-
-def _block(out: Any) -> None:
-    import jax
-
-    jax.block_until_ready(out)
