@@ -91,7 +91,7 @@ def test_readout_findings_compare_rows_that_differ_only_in_the_named_axis():
             continue
         differ = {k for k in {*a.overrides, *b.overrides}
                   if a.overrides.get(k) != b.overrides.get(k)}
-        matched = [name for name, keys in axes.items() if differ and differ <= keys]
+        matched = [name for name, keys in axes.items() if differ == keys]
         assert matched, (finding.claim, differ)
         seen.update(matched)
     assert seen >= set(axes)
