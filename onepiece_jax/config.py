@@ -179,6 +179,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
         raise ConfigError("config.loss.kind='next_item_softmax' is a retrieval loss")
     if config.loss.kind == "onepiece":
         _validate_loss_weights(config.mode, config.loss.weights)
+        _validate_bce_negatives(config.loss)
     _validate_mesh(config.mesh)
     _validate_model(config)
 
@@ -210,6 +211,18 @@ def _validate_loss_weights(mode: str, weights: Mapping[str, float]) -> None:
     if not any(weights.get(name, 1.0) > 0 for name in terms):
         raise ConfigError(f"config.loss.weights: every {mode} term ({', '.join(terms)}) has "
                           "weight 0, so nothing would be trained")
+
+
+def _validate_bce_negatives(loss: ml_collections.ConfigDict) -> None:
+    """BCE restricted to sampled negatives needs some to sample: else it sees positives only."""
+    from onepiece_jax.train.negatives import SOURCES
+
+    if loss.bce_negatives not in ("all", "sampled"):
+        raise ConfigError(f"config.loss.bce_negatives={loss.bce_negatives!r}: expected 'all' or "
+                          "'sampled'")
+    if loss.bce_negatives == "sampled" and not any(loss.negatives.get(s, 0) for s in SOURCES):
+        raise ConfigError("config.loss.bce_negatives='sampled' needs sampled negatives: set "
+                          "config.loss.negatives.uniform, .popular or .same_category > 0")
 
 
 def _validate_time_precision(value: str) -> None:
@@ -268,6 +281,9 @@ def base_config() -> ml_collections.ConfigDict:
         # weight of each term of the OnePiece losses (retrieval: bce, u2i, i2u; ranking: bce,
         # scl); 0 drops a term from the graph, for ablations
         weights=ml_collections.ConfigDict(dict(bce=1.0, u2i=1.0, i2u=1.0, scl=1.0)),
+        # retrieval BCE's negatives: "all" (every negative U2I sees) or "sampled" (the example's
+        # own pool and sampled negatives, not the in-batch / catalogue ones)
+        bce_negatives="all",
         negatives=ml_collections.ConfigDict(dict(uniform=20, popular=10, same_category=5,
                                                  in_batch=True, catalogue=False))))
     c.train = ml_collections.ConfigDict(dict(

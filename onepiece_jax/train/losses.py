@@ -62,6 +62,7 @@ def retrieval_step_loss(
     eta: float,
     positive_slots: int | None = None,
     shared_vec: jax.Array | None = None,
+    bce_on_shared: bool = True,
 ) -> dict[str, jax.Array]:
     """OnePiece retrieval loss for one reasoning step and one task (SPEC §4, paper Eq. 13-17).
 
@@ -79,9 +80,12 @@ def retrieval_step_loss(
         targets, the whole catalogue): pool columns P..P+S, never positive. Scored with one
         B×S matmul rather than broadcast to B×S×d, which on MovieLens' 1,682-item catalogue
         was more than half of a training step.
+      bce_on_shared: static; False keeps the shared columns out of BCE (they stay in U2I), so
+        BCE's Ω⁻ is the example's own sampled negatives, as in the paper (~25 per example),
+        not 12,101 catalogue items whose summed sigmoids outweigh every other term.
 
     Terms, each summed over the example's items and then averaged over valid examples:
-      * ``bce``: Σ_{valid v} BCE(⟨r, z_v⟩, y_v).
+      * ``bce``: Σ_{valid v} BCE(⟨r, z_v⟩, y_v) (v < P only when ``bce_on_shared`` is False).
       * ``u2i``: Σ_{v+} −log softmax of ⟨r, z_{v+}⟩/η against the example's **own negatives only**
         (other positives are not in the denominator; no negatives → 0).
       * ``i2u``: Σ_{v+} −log softmax of ⟨r_b, z_{v+}⟩/η over the B valid users' vectors at this step
@@ -101,7 +105,8 @@ def retrieval_step_loss(
     if shared_vec is not None:
         scores = jnp.concatenate([scores, user_vec @ shared_vec.T], axis=1)
     scores = jnp.where(valid, scores, 0.0)
-    bce = jnp.sum(jnp.where(valid, _bce_with_logits(scores, label), 0.0), axis=-1)
+    in_bce = valid if bce_on_shared else valid.at[:, own:].set(False)
+    bce = jnp.sum(jnp.where(in_bce, _bce_with_logits(scores, label), 0.0), axis=-1)
 
     tempered = scores / eta
     negatives_lse = _masked_logsumexp(tempered, negative, axis=-1)

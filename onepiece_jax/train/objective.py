@@ -31,6 +31,7 @@ class Objective:
     in_batch: bool
     catalogue: bool = False  # every item is a negative (exact U2I softmax; small catalogues)
     weights: tuple[tuple[str, float], ...] = ()  # per loss term; a term not named weighs 1
+    bce_on_shared: bool = True  # BCE also over in-batch / catalogue negatives (loss.bce_negatives)
 
     @classmethod
     def from_config(cls, config) -> Objective:
@@ -44,7 +45,8 @@ class Objective:
             eta=float(loss.eta), rank_eta=float(loss.rank_eta),
             negative_counts=tuple((s, int(neg.get(s, 0))) for s in negatives.SOURCES),
             in_batch=bool(neg.in_batch), catalogue=bool(neg.catalogue),
-            weights=tuple((name, float(w)) for name, w in loss.weights.items()))
+            weights=tuple((name, float(w)) for name, w in loss.weights.items()),
+            bce_on_shared=loss.bce_negatives == "all")
 
     def weighted(self, parts: dict[str, jax.Array]) -> jax.Array:
         """Σ weight · term over one step's named terms; a weight-0 term is left out of the sum
@@ -135,7 +137,8 @@ def compute_loss(objective: Objective, model, params: Any, batch: dict, catalog:
         for step, task in objective.assignment:
             parts = losses.retrieval_step_loss(
                 out["user_vectors"][step], item_vec, labels[..., task], valid, mask,
-                objective.eta, positive_slots=batch["pool_item"].shape[1], shared_vec=shared_vec)
+                objective.eta, positive_slots=batch["pool_item"].shape[1], shared_vec=shared_vec,
+                bce_on_shared=objective.bce_on_shared)
             total = total + objective.weighted(parts)
             metrics.update({f"{name}/s{step}t{task}": v for name, v in parts.items()})
     else:

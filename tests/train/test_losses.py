@@ -294,3 +294,29 @@ def test_shared_negatives_scored_by_matmul_equal_broadcast_columns():
     np.testing.assert_allclose(float(got[0]), float(want[0]), rtol=1e-6)
     for g, w in zip(got[1], want[1], strict=True):
         np.testing.assert_allclose(np.asarray(g), np.asarray(w), rtol=1e-5, atol=1e-6)
+
+
+def test_bce_without_shared_columns_sums_only_the_examples_own_pool_and_u2i_keeps_them():
+    """``bce_on_shared=False`` (``loss.bce_negatives='sampled'``): BCE is the sum over columns
+    < P alone, while U2I and I2U still see every shared negative."""
+    rng = np.random.default_rng(4)
+    b, pool, shared, d = 3, 4, 5, 6
+    user = jnp.asarray(rng.normal(size=(b, d)), jnp.float32)
+    own = jnp.asarray(rng.normal(size=(b, pool, d)), jnp.float32)
+    common = jnp.asarray(rng.normal(size=(shared, d)), jnp.float32)
+    label = np.zeros((b, pool + shared), np.float32)
+    label[:, 0] = 1.0
+    valid = np.ones((b, pool + shared), bool)
+    valid[1, 2] = False
+    mask = jnp.array([True, True, True])
+    args = (jnp.asarray(label), jnp.asarray(valid), mask, 0.5)
+    full = retrieval_step_loss(user, own, *args, positive_slots=pool, shared_vec=common)
+    own_only = retrieval_step_loss(user, own, *args, positive_slots=pool, shared_vec=common,
+                                   bce_on_shared=False)
+    scores = np.einsum("bd,bpd->bp", np.asarray(user, np.float64), np.asarray(own, np.float64))
+    want = np.mean([sum(_bce(scores[i, p], label[i, p]) for p in range(pool) if valid[i, p])
+                    for i in range(b)])
+    np.testing.assert_allclose(float(own_only["bce"]), want, rtol=1e-5)
+    assert float(full["bce"]) > float(own_only["bce"])
+    for name in ("u2i", "i2u"):
+        assert float(own_only[name]) == float(full[name])

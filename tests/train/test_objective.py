@@ -42,8 +42,8 @@ def retrieval_job(planted_build, tmp_path_factory):
     return job, state.params, batch
 
 
-def _loss(job, params, batch, weights):
-    objective = dataclasses.replace(job.objective, weights=weights)
+def _loss(job, params, batch, weights, **changes):
+    objective = dataclasses.replace(job.objective, weights=weights, **changes)
     return compute_loss(objective, job.model, params, batch, job.catalog, job.tables,
                         jax.random.key(1), train=False)
 
@@ -73,6 +73,39 @@ def test_bad_loss_weights_are_refused_naming_the_key(override, message):
     config.loss.weights.update(override)
     with pytest.raises(ConfigError, match=message):
         validate(config)
+
+
+def test_compute_loss_keeps_in_batch_negatives_out_of_bce_when_told(retrieval_job):
+    job, params, batch = retrieval_job
+    assert job.objective.in_batch
+    _, every = _loss(job, params, batch, ())
+    _, own = _loss(job, params, batch, (), bce_on_shared=False)
+    bce = sorted(k for k in every if k.startswith("bce/"))
+    assert bce and all(float(own[k]) < float(every[k]) for k in bce)
+    assert all(float(own[k]) == float(every[k]) for k in every if k.startswith(("u2i/", "i2u/")))
+
+
+@pytest.mark.parametrize("override, message", [
+    ({"bce_negatives": "some"}, r"config.loss.bce_negatives='some': expected 'all' or 'sampled'"),
+    ({"bce_negatives": "sampled", "negatives.uniform": 0, "negatives.popular": 0,
+      "negatives.same_category": 0},
+     r"config.loss.bce_negatives='sampled' needs sampled negatives"),
+])
+def test_bce_negatives_without_a_meaning_is_refused_naming_the_key(override, message):
+    config = base_config()
+    for key, value in override.items():
+        node, _, leaf = key.rpartition(".")
+        (config.loss[node] if node else config.loss)[leaf] = value
+    with pytest.raises(ConfigError, match=message):
+        validate(config)
+
+
+def test_bce_negatives_sampled_keeps_catalogue_columns_out_of_bce_only():
+    config = base_config()
+    assert Objective.from_config(config).bce_on_shared
+    config.loss.bce_negatives = "sampled"
+    validate(config)
+    assert not Objective.from_config(config).bce_on_shared
 
 
 def test_ranking_with_every_ranking_term_at_zero_is_refused_though_retrieval_terms_are_not():
