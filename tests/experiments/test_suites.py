@@ -78,9 +78,11 @@ def test_controls_run_on_worlds_without_the_planted_signal():
 
 def test_readout_findings_compare_rows_that_differ_only_in_the_named_axis():
     """Each within-OnePiece finding of the read-out suite changes one axis (read-out, objective,
-    BCE, K or the SD tokens) and nothing else, so its effect can be attributed."""
+    BCE, BCE's negatives, K or the SD tokens) and nothing else, so its effect can be attributed."""
     suite = get_suite("readout")
     axes = {"read-out": {"model.readout"}, "loss": {"loss.kind"}, "BCE": {"loss.weights.bce"},
+            "BCE negatives": {"loss.bce_negatives", "loss.negatives.uniform",
+                              "loss.negatives.popular"},
             "reasoning": {"model.reasoning_steps", "loss.strategy"},
             "SD tokens": {"model.use_sd", "model.readout"}}
     seen = set()
