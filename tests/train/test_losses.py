@@ -266,14 +266,19 @@ def test_positive_slots_only_skips_work_not_value():
         np.testing.assert_allclose(float(fast[name]), float(full[name]), rtol=1e-6)
 
 
+def _own_and_shared_vectors(rng, b: int, pool: int, shared: int, d: int):
+    """Random user vectors f32[b, d], own-pool item vectors f32[b, pool, d] and shared negatives
+    f32[shared, d]."""
+    return tuple(jnp.asarray(rng.normal(size=shape), jnp.float32)
+                 for shape in ((b, d), (b, pool, d), (shared, d)))
+
+
 def test_shared_negatives_scored_by_matmul_equal_broadcast_columns():
     """Common negatives passed once (``shared_vec``) give the loss and gradients of the same
     vectors broadcast into every example's pool, including invalid columns and padded rows."""
     rng = np.random.default_rng(3)
     b, pool, shared, d = 5, 4, 6, 8
-    user = jnp.asarray(rng.normal(size=(b, d)), jnp.float32)
-    own = jnp.asarray(rng.normal(size=(b, pool, d)), jnp.float32)
-    common = jnp.asarray(rng.normal(size=(shared, d)), jnp.float32)
+    user, own, common = _own_and_shared_vectors(rng, b, pool, shared, d)
     label = np.zeros((b, pool + shared), np.float32)
     label[:, 0] = 1.0
     label[2, 1] = 1.0
@@ -301,9 +306,7 @@ def test_bce_without_shared_columns_sums_only_the_examples_own_pool_and_u2i_keep
     < P alone, while U2I and I2U still see every shared negative."""
     rng = np.random.default_rng(4)
     b, pool, shared, d = 3, 4, 5, 6
-    user = jnp.asarray(rng.normal(size=(b, d)), jnp.float32)
-    own = jnp.asarray(rng.normal(size=(b, pool, d)), jnp.float32)
-    common = jnp.asarray(rng.normal(size=(shared, d)), jnp.float32)
+    user, own, common = _own_and_shared_vectors(rng, b, pool, shared, d)
     label = np.zeros((b, pool + shared), np.float32)
     label[:, 0] = 1.0
     valid = np.ones((b, pool + shared), bool)
