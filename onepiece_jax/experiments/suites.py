@@ -508,9 +508,9 @@ READOUT = Suite(
             "is dropped. This suite crosses read-out (SD block / newest item / no SD), objective "
             "(SASRec's full-softmax cross-entropy / OnePiece's BCE + U2I + I2U over the whole "
             "catalogue at eta 1, with BCE over the catalogue, over 30 sampled negatives or "
-            "without BCE) and K, so these findings get seed "
-            "spreads. On Beauty the newest item says most about the next one; the SD tokens "
-            "carry only the user id and a learned vector.")
+            "without BCE) and K, so these findings get seed spreads. On Beauty the newest item "
+            "says most about the next one; the SD tokens carry only the user id and a learned "
+            "vector.")
 
 
 SUITES: Mapping[str, Suite] = _frozen({s.name: s for s in (

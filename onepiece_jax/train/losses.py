@@ -81,8 +81,8 @@ def retrieval_step_loss(
         B×S matmul rather than broadcast to B×S×d, which on MovieLens' 1,682-item catalogue
         was more than half of a training step.
       bce_on_shared: static; False keeps the shared columns out of BCE (they stay in U2I), so
-        BCE's Ω⁻ is the example's own sampled negatives, as in the paper (~25 per example),
-        not 12,101 catalogue items whose summed sigmoids outweigh every other term.
+        BCE's Ω⁻ is the example's own pool and sampled negatives, the paper's scale (~25 per
+        example), rather than every catalogue item.
 
     Terms, each summed over the example's items and then averaged over valid examples:
       * ``bce``: Σ_{valid v} BCE(⟨r, z_v⟩, y_v) (v < P only when ``bce_on_shared`` is False).
@@ -105,8 +105,9 @@ def retrieval_step_loss(
     if shared_vec is not None:
         scores = jnp.concatenate([scores, user_vec @ shared_vec.T], axis=1)
     scores = jnp.where(valid, scores, 0.0)
-    in_bce = valid if bce_on_shared else valid.at[:, own:].set(False)
-    bce = jnp.sum(jnp.where(in_bce, _bce_with_logits(scores, label), 0.0), axis=-1)
+    n = scores.shape[1] if bce_on_shared else own  # BCE's columns
+    bce = jnp.sum(jnp.where(valid[:, :n], _bce_with_logits(scores[:, :n], label[:, :n]), 0.0),
+                  axis=-1)
 
     tempered = scores / eta
     negatives_lse = _masked_logsumexp(tempered, negative, axis=-1)

@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from onepiece_jax.config import ConfigError, base_config, validate
+from onepiece_jax.config import ConfigError, apply_overrides, base_config, validate
 from onepiece_jax.train.objective import Objective, compute_loss
 from tests.train.conftest import tiny_config
 
@@ -85,22 +85,21 @@ def test_compute_loss_keeps_in_batch_negatives_out_of_bce_when_told(retrieval_jo
     assert all(float(own[k]) == float(every[k]) for k in every if k.startswith(("u2i/", "i2u/")))
 
 
-@pytest.mark.parametrize("override, message", [
-    ({"bce_negatives": "some"}, r"config.loss.bce_negatives='some': expected 'all' or 'sampled'"),
-    ({"bce_negatives": "sampled", "negatives.uniform": 0, "negatives.popular": 0,
-      "negatives.same_category": 0},
+@pytest.mark.parametrize("overrides, message", [
+    (["--config.loss.bce_negatives=some"],
+     r"config.loss.bce_negatives='some': expected 'all' or 'sampled'"),
+    (["--config.loss.bce_negatives=sampled", "--config.loss.negatives.uniform=0",
+      "--config.loss.negatives.popular=0", "--config.loss.negatives.same_category=0"],
      r"config.loss.bce_negatives='sampled' needs sampled negatives"),
 ])
-def test_bce_negatives_without_a_meaning_is_refused_naming_the_key(override, message):
+def test_bce_negatives_without_a_meaning_is_refused_naming_the_key(overrides, message):
     config = base_config()
-    for key, value in override.items():
-        node, _, leaf = key.rpartition(".")
-        (config.loss[node] if node else config.loss)[leaf] = value
+    apply_overrides(config, overrides)
     with pytest.raises(ConfigError, match=message):
         validate(config)
 
 
-def test_bce_negatives_sampled_keeps_catalogue_columns_out_of_bce_only():
+def test_bce_negatives_sampled_turns_off_the_objectives_bce_on_shared_flag():
     config = base_config()
     assert Objective.from_config(config).bce_on_shared
     config.loss.bce_negatives = "sampled"
