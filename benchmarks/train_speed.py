@@ -26,6 +26,9 @@ ROOT = Path(__file__).resolve().parents[1]
 # the configs' 1e-3 with 200 warm-up steps is set for 5-40 epochs: in a 2-epoch run (758 steps) the
 # warm-up is a quarter of training and the peak rate too low for the budget
 FAST = ["--config.train.learning_rate=4e-3", "--config.train.warmup_steps=50"]
+# the anchors add 36 tokens to 52 and make a step about 1.8x as costly, for a test NDCG@10 change
+# within the seed spread on this dataset (README): how fast is OnePiece without them?
+NO_PA = ["--config.model.use_pa=False"]
 MODELS = {
     "sasrec": ("ml100k_sasrec.py", []),
     "onepiece_k0": ("ml100k_onepiece.py", ["--config.model.reasoning_steps=0",
@@ -33,12 +36,10 @@ MODELS = {
     "onepiece_k1": ("ml100k_onepiece.py", ["--config.model.reasoning_steps=1",
                                            "--config.loss.strategy=last_step"]),
     "onepiece_k2": ("ml100k_onepiece.py", []),
-    # the anchors add 36 tokens to 52 and double the step's cost, for a test NDCG@10 change
-    # within the seed spread on this dataset (README): how fast is OnePiece without them?
-    "onepiece_k2_nopa": ("ml100k_onepiece.py", ["--config.model.use_pa=False"]),
+    "onepiece_k2_nopa": ("ml100k_onepiece.py", NO_PA),
     "sasrec_fast": ("ml100k_sasrec.py", FAST),
     "onepiece_k2_fast": ("ml100k_onepiece.py", FAST),
-    "onepiece_k2_nopa_fast": ("ml100k_onepiece.py", ["--config.model.use_pa=False", *FAST]),
+    "onepiece_k2_nopa_fast": ("ml100k_onepiece.py", [*NO_PA, *FAST]),
 }
 
 
