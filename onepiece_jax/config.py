@@ -179,7 +179,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
         raise ConfigError("config.loss.kind='next_item_softmax' is a retrieval loss")
     if config.loss.kind == "onepiece":
         _validate_loss_weights(config.mode, config.loss.weights)
-        _validate_bce_negatives(config.loss)
+    _validate_bce_negatives(config)
     _validate_mesh(config.mesh)
     _validate_model(config)
 
@@ -213,14 +213,23 @@ def _validate_loss_weights(mode: str, weights: Mapping[str, float]) -> None:
                           "weight 0, so nothing would be trained")
 
 
-def _validate_bce_negatives(loss: ml_collections.ConfigDict) -> None:
-    """BCE restricted to sampled negatives needs some to sample: else it sees positives only."""
+def _validate_bce_negatives(config: ml_collections.ConfigDict) -> None:
+    """BCE restricted to sampled negatives needs some to sample (else it sees positives only), and
+    exists only in OnePiece's retrieval objective: ranking's BCE is over the candidate set and
+    SASRec's loss has no BCE, so there the setting would be silently ignored."""
     from onepiece_jax.train.negatives import SOURCES
 
+    loss = config.loss
     if loss.bce_negatives not in ("all", "sampled"):
         raise ConfigError(f"config.loss.bce_negatives={loss.bce_negatives!r}: expected 'all' or "
                           "'sampled'")
-    if loss.bce_negatives == "sampled" and not any(loss.negatives.get(s, 0) for s in SOURCES):
+    if loss.bce_negatives == "all":
+        return
+    if config.mode != "retrieval" or loss.kind != "onepiece":
+        raise ConfigError(f"config.loss.bce_negatives='sampled' applies to OnePiece's retrieval "
+                          f"objective only, not to mode={config.mode!r} with "
+                          f"loss.kind={loss.kind!r}")
+    if not any(loss.negatives.get(s, 0) for s in SOURCES):
         raise ConfigError("config.loss.bce_negatives='sampled' needs sampled negatives: set "
                           "config.loss.negatives.uniform, .popular or .same_category > 0")
 

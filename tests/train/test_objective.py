@@ -91,6 +91,11 @@ def test_compute_loss_keeps_in_batch_negatives_out_of_bce_when_told(retrieval_jo
     (["--config.loss.bce_negatives=sampled", "--config.loss.negatives.uniform=0",
       "--config.loss.negatives.popular=0", "--config.loss.negatives.same_category=0"],
      r"config.loss.bce_negatives='sampled' needs sampled negatives"),
+    (["--config.loss.bce_negatives=sampled", "--config.mode=ranking"],
+     r"config.loss.bce_negatives='sampled' applies to OnePiece's retrieval objective only, not "
+     r"to mode='ranking'"),
+    (["--config.loss.bce_negatives=sampled", "--config.loss.kind=next_item_softmax"],
+     r"config.loss.bce_negatives='sampled' applies .* loss.kind='next_item_softmax'"),
 ])
 def test_bce_negatives_without_a_meaning_is_refused_naming_the_key(overrides, message):
     config = base_config()
