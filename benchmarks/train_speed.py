@@ -22,12 +22,11 @@ import json
 from pathlib import Path
 
 from onepiece_jax.config import load_config
+from onepiece_jax.experiments.quickstart import SHORT_BUDGET_RECIPE
 from onepiece_jax.train.loop import train_and_evaluate
 
 ROOT = Path(__file__).resolve().parents[1]
-# the configs' 1e-3 with 200 warm-up steps is set for 5-40 epochs: in a 2-epoch run (758 steps) the
-# warm-up is a quarter of training and the peak rate too low for the budget
-FAST = ["--config.train.learning_rate=4e-3", "--config.train.warmup_steps=50"]
+FAST = list(SHORT_BUDGET_RECIPE)  # learning rate 4e-3, 50 warm-up steps (the quickstart's)
 # the anchors add 36 tokens to 52 and make a step about 1.8x as costly, for a test NDCG@10 change
 # within the seed spread on this dataset (README): how fast is OnePiece without them?
 NO_PA = ["--config.model.use_pa=False"]
