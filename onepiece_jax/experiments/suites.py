@@ -443,6 +443,7 @@ _BEAUTY_BASE = {"train.epochs": 10, "model.history_tokens": "sum",
 _K0 = {"model.reasoning_steps": 0, "loss.strategy": "last_step"}
 _CE = {"loss.kind": "next_item_softmax"}
 _NEWEST = {"model.readout": "newest_item"}
+_NO_SD = {"model.use_sd": False, "model.readout": "last_token"}  # the last token: newest item
 _NEXT_ONLY = {"loss.strategy": "single"}  # the next-item task alone, as SASRec's loss has it
 _NO_BCE = {"loss.weights.bce": 0.0}  # U2I over the whole catalogue at eta 1 is SASRec's CE
 # BCE over 30 sampled negatives per example (the paper's ~25), U2I still over the catalogue
@@ -464,18 +465,22 @@ READOUT = Suite(
      _readout_variant("k0_ce.newest", "K=0, SASRec's loss, newest-item read-out", _K0, _CE,
                       _NEWEST),
      _readout_variant("k0_ce.no_sd", "K=0, SASRec's loss, no SD tokens (last token = newest "
-                      "item)", _K0, _CE, {"model.use_sd": False, "model.readout": "last_token"}),
+                      "item)", _K0, _CE, _NO_SD),
      _readout_variant("k0_own.newest", "K=0, OnePiece's objective, newest-item read-out", _K0,
                       _NEWEST),
      _readout_variant("k0_own_next.newest", "K=0, OnePiece's objective on the next-item task "
                       "only, newest item", _K0, _NEXT_ONLY, _NEWEST),
      _readout_variant("k0_own_next_nobce.newest", "K=0, same without BCE (U2I + I2U), newest "
                       "item", _K0, _NEXT_ONLY, _NO_BCE, _NEWEST),
+     _readout_variant("k0_own_nobce.no_sd", "K=0, OnePiece's objective without BCE, both "
+                      "tasks on the base pass, no SD tokens", _K0, _NO_BCE, _NO_SD),
      _readout_variant("k2_own.block", "K=2 progressive, OnePiece's objective, SD block"),
      _readout_variant("k2_own.newest", "K=2 progressive, OnePiece's objective, newest item",
                       _NEWEST),
      _readout_variant("k2_own_nobce.newest", "K=2 progressive, OnePiece's objective without "
                       "BCE, newest item", _NO_BCE, _NEWEST),
+     _readout_variant("k2_own_nobce.no_sd", "K=2 progressive, OnePiece's objective without "
+                      "BCE, no SD tokens (last token = newest item)", _NO_BCE, _NO_SD),
      _readout_variant("k2_own_sbce.newest", "K=2 progressive, OnePiece's objective with BCE "
                       "over 30 sampled negatives, newest item", _SAMPLED_BCE, _NEWEST),
      _readout_variant("k2_ce.newest", "K=2, SASRec's loss on the served step, newest item",
@@ -494,6 +499,12 @@ READOUT = Suite(
         Finding("BCE over sampled negatives > over the catalogue (K=2 progressive, newest "
                 "item)", ("k2_own_sbce.newest",), ("k2_own.newest",)),
         Finding("OnePiece K=2 without BCE, newest item > SASRec", ("k2_own_nobce.newest",),
+                ("sasrec",)),
+        Finding("SD tokens in context cost (K=2, OnePiece's objective without BCE)",
+                ("k2_own_nobce.no_sd",), ("k2_own_nobce.newest",)),
+        Finding("reasoning helps (OnePiece's objective without BCE, no SD tokens): K=2 > K=0",
+                ("k2_own_nobce.no_sd",), ("k0_own_nobce.no_sd",)),
+        Finding("OnePiece K=2 without BCE or SD tokens > SASRec", ("k2_own_nobce.no_sd",),
                 ("sasrec",)),
         Finding("reasoning helps (newest item, SASRec's loss): K=2 > K=0", ("k2_ce.newest",),
                 ("k0_ce.newest",)),
