@@ -86,5 +86,6 @@ def main() -> None:
         "test_ndcg10": {n: r["test_ndcg10"] for n, r in runs.items()},
         "target_ndcg10": target, "epochs": args.epochs, "eval_every_steps": args.eval_every}))
 
+
 if __name__ == "__main__":
     main()

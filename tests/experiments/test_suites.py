@@ -97,3 +97,30 @@ def test_readout_findings_compare_rows_that_differ_only_in_the_named_axis():
         assert matched, (finding.claim, differ)
         seen.update(matched)
     assert seen >= set(axes)
+
+
+
+def test_readout_suite_runs_the_shipped_lean_beauty_config_and_its_k0_twin(tmp_path):
+    """The README's 3-seed Beauty row (``configs/beauty_onepiece_lean.py``) is the suite's
+    ``k2_own_nobce.no_sd``, so the suite's seeds reproduce it; its K=0 twin differs only in K."""
+    from onepiece_jax.config import load_config
+    from onepiece_jax.experiments.quickstart import config_dir
+
+    runs = {r.variant.name: r for r in plan_runs(get_suite("readout"), seeds=1, budget="full",
+                                                 out=tmp_path, data_dir=Path("data"),
+                                                 prepare=False)}
+
+    def as_dict(config):  # the build folder is the runner's cache, not the model
+        d = config.to_dict()
+        d["dataset"].pop("build_dir")
+        return d
+
+    path = runs["sasrec"].config.dataset.path
+    lean = as_dict(load_config(config_dir() / "beauty_onepiece_lean.py",
+                               ["--config.seed=0", f"--config.dataset.path={path}"]))
+    assert as_dict(runs["k2_own_nobce.no_sd"].config) == lean
+    k0 = as_dict(runs["k0_own_nobce.no_sd"].config)
+    assert (k0["model"].pop("reasoning_steps"), k0["loss"].pop("strategy")) == (0, "last_step")
+    assert (lean["model"].pop("reasoning_steps"), lean["loss"].pop("strategy")) == \
+        (2, "progressive")
+    assert k0 == lean
