@@ -179,9 +179,10 @@ def _add_experiment_parser(subparsers: argparse._SubParsersAction) -> None:
                            "then write reports/NAME/report.md with plots")
     ex.add_argument("--suite", help="suite name (see --list)")
     ex.add_argument("--seeds", type=int, default=None,
-                    help="seeds 0..N-1 (default: 1 for --budget small, 3 for full)")
+                    help="seeds 0..N-1 (default: 1 for --budget small, 3 for medium and full)")
     ex.add_argument("--budget", default="small",
-                    help="small (a smoke run of every config), full (the reports), tiny (tests)")
+                    help="small (a smoke run of every config), medium (evidence within hours on "
+                         "CPU), full (the reports), tiny (tests)")
     ex.add_argument("--out", type=Path, default=Path("runs/experiments"),
                     help="where runs, builds and synthetic logs go")
     ex.add_argument("--data-dir", type=Path, default=Path("data"),

@@ -8,7 +8,9 @@ resolve every variant of every suite without training anything.
 
 Budgets say how long each run trains and how large the synthetic logs are: ``tiny`` (tests),
 ``small`` (each suite in under 20 minutes on 2 CPU cores: a smoke run of every config, not
-evidence) and ``full`` (the config files' own epochs and early stopping; the committed reports).
+evidence), ``medium`` (the configs' recipes capped at 5 epochs on smaller synthetic logs: evidence
+that fits hours of CPU) and ``full`` (the config files' own epochs and early stopping; the
+committed reports).
 """
 
 from __future__ import annotations
@@ -117,6 +119,14 @@ BUDGETS: Mapping[str, Budget] = _frozen({
                  "train.batch_size": 128, "train.log_every_steps": 20,
                  "eval.max_examples": 2000}),
         _frozen({"default": (2000, 10_000), "large": (4000, 10_000)}), seeds=1),
+    "medium": Budget(
+        "evidence that fits 2 CPU cores: each config's own recipe with training capped at 5 "
+        "epochs (the best validation epoch is tested), synthetic logs of 5k users "
+        "(about 60k events; 20k users for data scaling), whole splits scored, 3 seeds; a suite "
+        "of 6 variants takes about 1.5 hours with --jobs 2. Smaller and shorter than the "
+        "paper's setting: small effects are within its seed spread",
+        _frozen({"train.epochs": 5}),
+        _frozen({"default": (5000, 10_000), "large": (20_000, 30_000)})),
     "full": Budget(
         "each config's own epochs and early stopping on validation; synthetic logs of 20k "
         "users (about 300k events), 70k users (over 1M events) for data scaling",

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from onepiece_jax.config import load_config
 from onepiece_jax.experiments.runner import plan_runs
 from onepiece_jax.experiments.suites import (
     BUDGETS,
@@ -38,6 +39,28 @@ def test_unknown_suite_and_budget_name_the_choices():
         get_suite("tabel2")
     with pytest.raises(ValueError, match="unknown budget 'huge'.*small"):
         get_budget("huge")
+
+
+def test_medium_budget_caps_epochs_but_keeps_each_configs_recipe(tmp_path):
+    def resolve(suite, budget):
+        return {r.variant.name: r for r in plan_runs(get_suite(suite), seeds=1, budget=budget,
+                                                     out=tmp_path, data_dir=Path("data"),
+                                                     prepare=False)}
+
+    medium, full = resolve("retrieval_strategy", "medium"), resolve("retrieval_strategy", "full")
+    shipped = load_config("configs/synthetic_search_retrieval.py")
+    for name, run in medium.items():
+        assert run.config.train.epochs == 5 < shipped.train.epochs
+        assert run.config.train.learning_rate == shipped.train.learning_rate
+        expected = full[name].config.copy_and_resolve_references()
+        expected.train.epochs = 5
+        expected.dataset.path = run.config.dataset.path
+        expected.dataset.build_dir = run.config.dataset.build_dir
+        assert run.config.to_dict() == expected.to_dict(), name
+        assert "synthetic-5000u-10000i-" in str(run.config.dataset.path)
+    readout = resolve("readout", "medium")
+    assert readout["k2_own_nobce.no_sd"].config.train.epochs == 10  # a variant's own epochs win
+    assert get_budget("medium").seeds == 3
 
 
 @pytest.mark.parametrize("suite, message", [
