@@ -347,6 +347,8 @@ RETRIEVAL_STRATEGY = Suite(
                 paper="R@100 0.464 → 0.470"),
         Finding("1 reasoning step > none", ("k1_next",), ("bidirectional",),
                 paper="R@100 0.470 → 0.490"),
+        Finding("1 reasoning step > none, both with both tasks (ours: the step alone)",
+                ("k1_multi",), ("bidirectional",)),
         Finding("multi-task > single task (1 step)", ("k1_multi",), ("k1_next",),
                 paper="R@100 0.490 → 0.495"),
         Finding("2 steps > 1 step", ("k2_multi",), ("k1_multi",), paper="R@100 0.495 → 0.510"),
