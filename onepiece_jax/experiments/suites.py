@@ -122,9 +122,10 @@ BUDGETS: Mapping[str, Budget] = _frozen({
     "medium": Budget(
         "evidence that fits 2 CPU cores: each config's own recipe with training capped at 5 "
         "epochs (the best validation epoch is tested), synthetic logs of 5k users "
-        "(about 60k events; 20k users for data scaling), whole splits scored, 3 seeds; a suite "
-        "of 6 variants takes about 1.5 hours with --jobs 2. Smaller and shorter than the "
-        "paper's setting: small effects are within its seed spread",
+        "(about 60k events; 20k users for data scaling), whole splits scored, 3 seeds; 6 "
+        "variants x 3 seeds of the synthetic retrieval config took 102 min with --jobs 2. "
+        "Smaller and shorter than the paper's setting: small effects are within its seed "
+        "spread",
         _frozen({"train.epochs": 5}),
         _frozen({"default": (5000, 10_000), "large": (20_000, 30_000)})),
     "full": Budget(
