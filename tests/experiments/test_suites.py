@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from onepiece_jax.config import load_config
+from onepiece_jax.experiments.quickstart import config_dir
 from onepiece_jax.experiments.runner import plan_runs
 from onepiece_jax.experiments.suites import (
     BUDGETS,
@@ -41,14 +42,16 @@ def test_unknown_suite_and_budget_name_the_choices():
         get_budget("huge")
 
 
-def test_medium_budget_caps_epochs_but_keeps_each_configs_recipe(tmp_path):
-    def resolve(suite, budget):
-        return {r.variant.name: r for r in plan_runs(get_suite(suite), seeds=1, budget=budget,
-                                                     out=tmp_path, data_dir=Path("data"),
-                                                     prepare=False)}
+def _runs_by_name(suite: str, budget: str, out: Path) -> dict:
+    """Seed 0 of every variant, resolved without data or training."""
+    return {r.variant.name: r for r in plan_runs(get_suite(suite), seeds=1, budget=budget,
+                                                 out=out, data_dir=Path("data"), prepare=False)}
 
-    medium, full = resolve("retrieval_strategy", "medium"), resolve("retrieval_strategy", "full")
-    shipped = load_config("configs/synthetic_search_retrieval.py")
+
+def test_medium_budget_caps_epochs_but_keeps_each_configs_recipe(tmp_path):
+    medium = _runs_by_name("retrieval_strategy", "medium", tmp_path)
+    full = _runs_by_name("retrieval_strategy", "full", tmp_path)
+    shipped = load_config(config_dir() / "synthetic_search_retrieval.py")
     for name, run in medium.items():
         assert run.config.train.epochs == 5 < shipped.train.epochs
         assert run.config.train.learning_rate == shipped.train.learning_rate
@@ -58,7 +61,7 @@ def test_medium_budget_caps_epochs_but_keeps_each_configs_recipe(tmp_path):
         expected.dataset.build_dir = run.config.dataset.build_dir
         assert run.config.to_dict() == expected.to_dict(), name
         assert "synthetic-5000u-10000i-" in str(run.config.dataset.path)
-    readout = resolve("readout", "medium")
+    readout = _runs_by_name("readout", "medium", tmp_path)
     assert readout["k2_own_nobce.no_sd"].config.train.epochs == 10  # a variant's own epochs win
     assert get_budget("medium").seeds == 3
 
@@ -122,16 +125,10 @@ def test_readout_findings_compare_rows_that_differ_only_in_the_named_axis():
     assert seen >= set(axes)
 
 
-
 def test_readout_suite_runs_the_shipped_lean_beauty_config_and_its_k0_twin(tmp_path):
     """The README's 3-seed Beauty row (``configs/beauty_onepiece_lean.py``) is the suite's
     ``k2_own_nobce.no_sd``, so the suite's seeds reproduce it; its K=0 twin differs only in K."""
-    from onepiece_jax.config import load_config
-    from onepiece_jax.experiments.quickstart import config_dir
-
-    runs = {r.variant.name: r for r in plan_runs(get_suite("readout"), seeds=1, budget="full",
-                                                 out=tmp_path, data_dir=Path("data"),
-                                                 prepare=False)}
+    runs = _runs_by_name("readout", "full", tmp_path)
 
     def as_dict(config):  # the build folder is the runner's cache, not the model
         d = config.to_dict()
