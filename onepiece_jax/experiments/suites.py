@@ -122,8 +122,9 @@ BUDGETS: Mapping[str, Budget] = _frozen({
     "medium": Budget(
         "evidence that fits 2 CPU cores: each config's own recipe with training capped at 5 "
         "epochs (the best validation epoch is tested), synthetic logs of 5k users "
-        "(about 60k events; 20k users for data scaling), whole splits scored, 3 seeds; 6 "
-        "variants x 3 seeds of the synthetic retrieval config took 102 min with --jobs 2. "
+        "(about 60k events; 20k users for data scaling), whole splits scored, 3 seeds; with "
+        "--jobs 2, retrieval_strategy (6 variants x 3 seeds) took 102 min and context (13 x 3, "
+        "up to 90 anchors) about 5.4 h. "
         "Smaller and shorter than the paper's setting: small effects are within its seed "
         "spread",
         _frozen({"train.epochs": 5}),
@@ -319,7 +320,8 @@ CONTEXT = Suite(
             "behaviour over the 30 days before) carries the query's leaf and which of its items "
             "are popular now (the drifting power law, item quality). SD carries the user id and "
             "the query, which names the session's leaf (intent). Without SD the readout is the "
-            "last token (M = 1); with SD it is the 2 SD tokens (M = 2), as in the paper. The "
+            "last token (M = 1: the last PA token with PA, else the newest history item); with "
+            "SD it is the 2 SD tokens (M = 2), as in the paper. The "
             "control worlds remove popularity/quality (flat) or query intent (no_intent); the "
             "matching gain should vanish there. The user token of SD still carries the user's "
             "taste in the no-intent world, so some SD gain may remain.",
