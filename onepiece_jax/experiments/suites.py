@@ -320,9 +320,9 @@ CONTEXT = Suite(
             "behaviour over the 30 days before) carries the query's leaf and which of its items "
             "are popular now (the drifting power law, item quality). SD carries the user id and "
             "the query, which names the session's leaf (intent). Without SD the readout is the "
-            "last token (M = 1: the last PA token with PA, else the newest history item); with "
-            "SD it is the 2 SD tokens (M = 2), as in the paper. The "
-            "control worlds remove popularity/quality (flat) or query intent (no_intent); the "
+            "last token (M = 1: the end marker of the last PA group with PA, else the newest "
+            "history item); with SD it is the 2 SD tokens (M = 2), as in the paper. The control "
+            "worlds remove popularity/quality (flat) or query intent (no_intent); the "
             "matching gain should vanish there. The user token of SD still carries the user's "
             "taste in the no-intent world, so some SD gain may remain.",
     x_label="anchors in PA (3 groups: order, cart, click)")
