@@ -47,6 +47,14 @@ def _data_synth(args: argparse.Namespace) -> int:
     return 0
 
 
+def _data_ceiling(args: argparse.Namespace) -> int:
+    from onepiece_jax.eval.ceiling import ranking_ceiling
+
+    print(json.dumps(ranking_ceiling(args.users, args.items, seed=args.seed,
+                                     test_fraction=args.test_fraction), indent=2))
+    return 0
+
+
 def _data_build(args: argparse.Namespace) -> int:
     from onepiece_jax.data.tfds_builder import build_from_config
 
@@ -57,7 +65,7 @@ def _data_build(args: argparse.Namespace) -> int:
 
 
 def _add_data_parser(subparsers: argparse._SubParsersAction) -> None:
-    """``onepiece data {stats,fetch,synth,build}``."""
+    """``onepiece data {stats,fetch,synth,ceiling,build}``."""
     from onepiece_jax.data.readers import READERS
 
     data = subparsers.add_parser("data", help="read, summarise, fetch, generate and build data")
@@ -79,6 +87,16 @@ def _add_data_parser(subparsers: argparse._SubParsersAction) -> None:
     synth.add_argument("--items", required=True, type=int)
     synth.add_argument("--seed", type=int, default=0)
     synth.set_defaults(handler=_data_synth)
+
+    ceiling = sub.add_parser(
+        "ceiling", help="print the ranking AUC/GAUC the synthetic logs of these arguments allow "
+                        "(the generator's own odds, and with parts of them removed) as JSON")
+    ceiling.add_argument("--users", required=True, type=int)
+    ceiling.add_argument("--items", required=True, type=int)
+    ceiling.add_argument("--seed", type=int, default=0)
+    ceiling.add_argument("--test-fraction", type=float, default=0.1,
+                         help="the ranking test split: the latest fraction of requests by time")
+    ceiling.set_defaults(handler=_data_ceiling)
 
     build = sub.add_parser("build", help="build the TFDS dataset of a config "
                                          "(overrides: --config.NAME=VALUE)")

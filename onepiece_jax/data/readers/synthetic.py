@@ -36,7 +36,9 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -103,11 +105,38 @@ def generate_synthetic(out_dir: str | Path, num_users: int, num_items: int, seed
     world.write_catalogue(out / META_FILE)
     with open(out / BEHAVIOR_FILE, "wb") as f:
         f.write(b"\t".join(h.encode() for h in HEADER) + b"\n")
-        for chunk, start in enumerate(range(0, num_users, chunk_users)):
-            n = min(chunk_users, num_users - start)
-            rng = np.random.default_rng([seed, 1, chunk])
+        for _, n, rng in _user_chunks(num_users, chunk_users, seed):
             f.write(world.user_lines(rng, n))
     return out
+
+
+def _user_chunks(num_users: int, chunk_users: int,
+                 seed: int) -> Iterator[tuple[int, int, np.random.Generator]]:
+    """(first user, users, generator) per chunk: each chunk's draws depend only on its index."""
+    for chunk, start in enumerate(range(0, num_users, chunk_users)):
+        yield start, min(chunk_users, num_users - start), np.random.default_rng([seed, 1, chunk])
+
+
+def simulate_requests(num_users: int, num_items: int, seed: int = 0,
+                      config: SynthConfig | None = None,
+                      chunk_users: int = 20_000) -> Iterator[dict[str, np.ndarray]]:
+    """The ranking requests of the logs ``generate_synthetic`` writes with the same arguments,
+    with the generator's own odds: per user chunk, every test impression's ``label`` (as
+    written), ``request`` (global user index), ``time`` (the search's simulated time; the file
+    moves it past the user's last event in the rare case that one is later) and the terms of
+    :class:`FunnelOdds`. It replays the same random draws, so it matches
+    the file without writing it."""
+    cfg = config or SynthConfig()
+    _check(cfg, num_users, num_items)
+    world = _World(cfg, num_items, seed)
+    for start, n, rng in _user_chunks(num_users, chunk_users, seed):
+        sim = world.simulate(rng, n)
+        test = sim["is_test"][sim["c_sess"]]
+        user = np.repeat(np.arange(n), sim["sessions"])[sim["c_sess"][test]]
+        odds = sim["odds"]
+        yield {"label": _label(sim["level"][test]).astype(np.int8), "request": start + user,
+               "time": sim["s_time"][sim["c_sess"][test]],
+               **{f.name: getattr(odds, f.name)[test] for f in dataclasses.fields(odds)}}
 
 
 def _check(cfg: SynthConfig, num_users: int, num_items: int) -> None:
@@ -132,6 +161,26 @@ def _ragged_join(tokens: np.ndarray, lens: np.ndarray, sep: bytes) -> list[bytes
     ends = np.cumsum(lens).tolist()
     starts = [0, *ends[:-1]]
     return [sep.join(toks[s:e]) for s, e in zip(starts, ends, strict=True)]
+
+
+@dataclasses.dataclass(frozen=True)
+class FunnelOdds:
+    """The latent terms of each impression's funnel odds: the generator's ground truth, kept
+    apart so the ranking ceiling can score candidates with all of them or some."""
+
+    liked: np.ndarray  # bool: the item's leaf is one of the user's preferred leaves
+    on_query: np.ndarray  # bool: a search session, and the item is of the leaf it is about
+    side_quality: np.ndarray  # brand + shop quality (logit units), visible in side features
+    item_quality: np.ndarray  # the item's own quality, learnable only from its id
+
+    def click_logit(self, cfg: SynthConfig) -> np.ndarray:
+        return (_logit(cfg.click_rate) + cfg.pref_boost * self.liked
+                + cfg.query_boost * self.on_query + (self.side_quality + self.item_quality))
+
+    def step_logit(self, cfg: SynthConfig, step: str) -> np.ndarray:
+        """Logit of ``cart`` given a click, or of ``order`` given a cart."""
+        rate = {"cart": cfg.cart_rate, "order": cfg.order_rate}[step]
+        return _logit(rate) + 0.5 * (self.side_quality + self.item_quality)
 
 
 class _World:
@@ -203,8 +252,8 @@ class _World:
         shift = np.floor(cfg.drift * (t - cfg.epoch) / cfg.horizon * size).astype(np.int64)
         return start + (rank + shift) % size
 
-    def user_lines(self, rng: np.random.Generator, n: int) -> bytes:
-        """Simulates ``n`` users and returns their behaviour-file lines."""
+    def simulate(self, rng: np.random.Generator, n: int) -> dict[str, Any]:
+        """Simulates ``n`` users: their sessions, impressions, funnel levels and click odds."""
         cfg = self.cfg
         f1, f2, f3, f4 = cfg.category_fanout
         leaves = cfg.num_leaves
@@ -243,32 +292,37 @@ class _World:
         keep = np.sort(first)
         c_sess, c_slot = c_sess[keep], c_slot[keep]
         c_leaf, c_user = self.slot_leaf[c_slot], s_user[c_sess]
-        level = self._funnel(rng, c_slot, c_leaf, c_user, c_sess, prefs, s_leaf, has_query,
-                             is_test)
-        return self._format(rng, n, sessions, is_test, s_time, s_query, c_sess, c_slot, level)
+        odds = FunnelOdds(liked=(prefs[c_user] == c_leaf[:, None]).any(axis=1),
+                     on_query=has_query[c_sess] & (s_leaf[c_sess] == c_leaf),
+                     side_quality=(self.brand_q[self.slot_brand[c_slot]]
+                                   + self.shop_q[self.slot_shop[c_slot]]),
+                     item_quality=self.item_q[c_slot])
+        level = self._funnel(rng, odds, c_user, c_sess, prefs.shape[0], is_test)
+        return dict(sessions=sessions, is_test=is_test, s_time=s_time, s_query=s_query,
+                    c_sess=c_sess, c_slot=c_slot, level=level, odds=odds)
 
-    def _funnel(self, rng, c_slot, c_leaf, c_user, c_sess, prefs, s_leaf, has_query,
+    def user_lines(self, rng: np.random.Generator, n: int) -> bytes:
+        """Simulates ``n`` users and returns their behaviour-file lines."""
+        sim = self.simulate(rng, n)
+        del sim["odds"]
+        return self._format(rng, n, **sim)
+
+    def _funnel(self, rng, odds: FunnelOdds, c_user, c_sess, num_users: int,
                 is_test) -> np.ndarray:
         """Funnel level per impression: 0 none, 1 click, 2 cart, 3 order, 4 follow (level 2)."""
         cfg = self.cfg
-        quality = (self.brand_q[self.slot_brand[c_slot]] + self.shop_q[self.slot_shop[c_slot]]
-                   + self.item_q[c_slot])
-        liked = (prefs[c_user] == c_leaf[:, None]).any(axis=1)
-        on_query = has_query[c_sess] & (s_leaf[c_sess] == c_leaf)
-        logit = (_logit(cfg.click_rate) + cfg.pref_boost * liked + cfg.query_boost * on_query
-                 + quality)
+        logit = odds.click_logit(cfg)
         click = rng.random(logit.size) < _sigmoid(logit)
         # every user keeps at least one history event: force the best impression of the first
         # session of users whose history sessions produced no click
         history = ~is_test[c_sess]
-        clicks_per_user = np.bincount(c_user[click & history], minlength=prefs.shape[0])
+        clicks_per_user = np.bincount(c_user[click & history], minlength=num_users)
         first_session = c_sess[np.r_[0, np.flatnonzero(np.diff(c_user)) + 1]]
         cand = np.flatnonzero(np.isin(c_sess, first_session) & (clicks_per_user[c_user] == 0))
         order = cand[np.lexsort((-logit[cand], c_sess[cand]))]
         click[order[np.r_[True, np.diff(c_sess[order]) != 0]]] = True
-        convert = 0.5 * quality
-        cart = click & (rng.random(logit.size) < _sigmoid(_logit(cfg.cart_rate) + convert))
-        buy = cart & (rng.random(logit.size) < _sigmoid(_logit(cfg.order_rate) + convert))
+        cart = click & (rng.random(logit.size) < _sigmoid(odds.step_logit(cfg, "cart")))
+        buy = cart & (rng.random(logit.size) < _sigmoid(odds.step_logit(cfg, "order")))
         level = click.astype(np.int8) + cart + buy
         follow = (level == 2) & (rng.random(logit.size) < cfg.follow_rate)
         return np.where(follow, 4, level).astype(np.int8)
@@ -280,7 +334,7 @@ class _World:
         c_user = np.repeat(np.arange(n), sessions)[c_sess]
         test = is_test[c_sess]
         cand_lens = np.bincount(c_user[test], minlength=n)
-        label = LABEL_NAMES[np.minimum(level[test], 2) + (level[test] == 3)]
+        label = LABEL_NAMES[_label(level[test])]
         ev = np.flatnonzero(~test & (level > 0))  # sorted by user, session, impression order
         ev_lens = np.bincount(c_user[ev], minlength=n)
         within = _segment_cumsum(1 + rng.exponential(cfg.event_gap, ev.size),
@@ -309,6 +363,11 @@ class _World:
             _ragged_join(intervals.astype("S"), points_lens, b"_"),
         ]
         return b"".join(b"\t".join(row) + b"\n" for row in zip(*columns, strict=True))
+
+
+def _label(level: np.ndarray) -> np.ndarray:
+    """Request label per funnel level: a follow (4) is written as a cart (2)."""
+    return np.minimum(level, 2) + (level == 3)
 
 
 def _logit(p: float) -> float:

@@ -1,0 +1,66 @@
+"""The synthetic ranking ceiling: it scores the very requests the generator writes, and its
+scores are the generator's funnel probabilities."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from onepiece_jax import cli
+from onepiece_jax.data.readers import read_dataset
+from onepiece_jax.data.readers.synthetic import (
+    FunnelOdds,
+    SynthConfig,
+    generate_synthetic,
+    simulate_requests,
+)
+from onepiece_jax.eval.ceiling import ranking_ceiling, task_log_prob
+
+
+@pytest.mark.parametrize("chunk_users", [20_000, 128])
+def test_simulated_requests_are_the_written_requests(tmp_path, chunk_users):
+    folder = generate_synthetic(tmp_path, num_users=300, num_items=2000, seed=7,
+                                chunk_users=chunk_users)
+    log = read_dataset("jdsearch", folder)
+    parts = list(simulate_requests(300, 2000, seed=7, chunk_users=chunk_users))
+    label = np.concatenate([p["label"] for p in parts])
+    request = np.concatenate([p["request"] for p in parts])
+    first = np.r_[True, request[1:] != request[:-1]]
+    np.testing.assert_array_equal(label, log.requests.cand_label)
+    np.testing.assert_array_equal(np.bincount(request), np.diff(log.requests.offsets))
+    np.testing.assert_array_equal(np.concatenate([p["time"] for p in parts])[first],
+                                  log.requests.time)
+
+
+def test_task_log_prob_is_the_funnel_probability():
+    cfg = SynthConfig()
+    odds = FunnelOdds(liked=np.array([True, False]), on_query=np.array([True, True]),
+                 side_quality=np.array([0.3, -1.0]), item_quality=np.array([0.1, 0.2]))
+    sig = lambda x: 1 / (1 + np.exp(-x))  # noqa: E731
+    logit = lambda p: np.log(p / (1 - p))  # noqa: E731
+    quality = np.array([0.4, -0.8])
+    click = sig(logit(cfg.click_rate) + cfg.pref_boost * odds.liked + cfg.query_boost + quality)
+    cart = click * sig(logit(cfg.cart_rate) + 0.5 * quality)
+    order = cart * sig(logit(cfg.order_rate) + 0.5 * quality)
+    for task, want in (("click", click), ("cart", cart), ("order", order)):
+        np.testing.assert_allclose(np.exp(task_log_prob(odds, cfg, task)), want, rtol=1e-6)
+
+
+@pytest.fixture(scope="module")
+def ceiling():
+    return ranking_ceiling(1000, 2000, seed=1)
+
+
+def test_oracle_is_far_above_chance_and_above_quality_alone(ceiling):
+    for rows in ceiling.values():
+        assert rows["oracle"]["click/AUC"] > 0.75
+        assert rows["oracle"]["click/AUC"] > rows["quality only"]["click/AUC"] + 0.05
+
+
+def test_cli_prints_the_ceiling_as_json(capsys):
+    assert cli.main(["data", "ceiling", "--users", "200", "--items", "2000"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert set(out) == {"all requests", "latest 10% (test split)"}
+    assert 0.5 < out["all requests"]["oracle"]["order/AUC"] <= 1.0
