@@ -90,7 +90,8 @@ def _add_data_parser(subparsers: argparse._SubParsersAction) -> None:
 
     ceiling = sub.add_parser(
         "ceiling", help="print the ranking AUC/GAUC the synthetic logs of these arguments allow "
-                        "(the generator's own odds, and with parts of them removed) as JSON")
+                        "(the generator's own odds, and with parts of them removed) and a "
+                        "feature logistic regression's, as JSON")
     ceiling.add_argument("--users", required=True, type=int)
     ceiling.add_argument("--items", required=True, type=int)
     ceiling.add_argument("--seed", type=int, default=0)

@@ -270,14 +270,7 @@ class ContextBuilder:
     # ----------------------------------------------------------------- ranking
     def request_split(self, requests: Requests) -> np.ndarray:
         """Split name index per request (0 train, 1 validation, 2 test) by request time."""
-        r = len(requests)
-        order = np.argsort(requests.time, kind="stable")
-        n_test = int(round(r * self.cfg.test_fraction))
-        n_val = int(round(r * self.cfg.val_fraction))
-        split = np.zeros(r, np.int8)
-        split[order[r - n_test:]] = 2
-        split[order[r - n_test - n_val:r - n_test]] = 1
-        return split
+        return time_split(requests.time, self.cfg.val_fraction, self.cfg.test_fraction)
 
     def ranking_examples(self, split: str) -> Iterator[tuple[str, dict]]:
         """One example per request: its context, all its candidates (padded) and their labels."""
@@ -361,3 +354,16 @@ def sessions_to_requests(log: EventLog, *, session_seconds: int, negatives: int,
                                else np.zeros(0, np.int32)),
                     cand_label=(np.concatenate(cand_labels) if cand_labels
                                 else np.zeros(0, np.int8)))
+
+
+def time_split(times: np.ndarray, val_fraction: float, test_fraction: float) -> np.ndarray:
+    """Split name index (0 train, 1 validation, 2 test) per request: the latest
+    ``test_fraction`` by time are test, the ``val_fraction`` before them validation."""
+    r = len(times)
+    order = np.argsort(times, kind="stable")
+    n_test = int(round(r * test_fraction))
+    n_val = int(round(r * val_fraction))
+    split = np.zeros(r, np.int8)
+    split[order[r - n_test:]] = 2
+    split[order[r - n_test - n_val:r - n_test]] = 1
+    return split

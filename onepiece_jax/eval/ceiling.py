@@ -1,4 +1,4 @@
-"""The ranking ceiling of the synthetic logs: AUC and GAUC of the generator's own odds.
+"""Reference points for ranking AUC: the synthetic logs' ceiling and a feature floor.
 
 A ranking model's test AUC on the synthetic logs only means something next to what the world
 allows. Scoring each request's candidates by the generator's true probability of reaching a
@@ -7,15 +7,27 @@ expectation. The same score with latent terms removed (the user's taste, the que
 item's own quality, all qualities) says how much of that ceiling needs them. A model sees the
 terms only through the history, the query and the side features; an item's own quality it can
 learn only from the item's id, so "no item quality" is what features and context can reveal.
+
+The floor is :func:`feature_ranker`, the logistic regression a CTR engineer would write first: a
+neural ranker that does not beat it has not yet learnt what four features already say.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import tempfile
 
 import numpy as np
 
-from onepiece_jax.data.readers.synthetic import FunnelOdds, SynthConfig, simulate_requests
+from onepiece_jax.data.context import time_split
+from onepiece_jax.data.events import EventLog
+from onepiece_jax.data.readers import read_dataset
+from onepiece_jax.data.readers.synthetic import (
+    FunnelOdds,
+    SynthConfig,
+    generate_synthetic,
+    simulate_requests,
+)
 from onepiece_jax.eval.metrics import auc, gauc
 
 TASKS = ("click", "cart", "order")  # label >= 1, 2, 3
@@ -44,16 +56,14 @@ def ranking_ceiling(num_users: int, num_items: int, seed: int = 0,
                     test_fraction: float = 0.1) -> dict[str, dict[str, dict[str, float]]]:
     """``{requests: {score: {"click/AUC": ..., "click/GAUC": ..., ...}}}`` for the logs
     ``generate_synthetic`` writes with these arguments, over all requests and over the latest
-    ``test_fraction`` of them by time (the ranking test split)."""
+    ``test_fraction`` of them by time (the ranking test split); ``"floor"`` holds the
+    :func:`feature_ranker` on that split (the logs are written to a temporary folder)."""
     cfg = config or SynthConfig()
     parts = list(simulate_requests(num_users, num_items, seed, cfg))
     cols = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
     full = FunnelOdds(**{f.name: cols[f.name] for f in dataclasses.fields(FunnelOdds)})
     first = np.r_[True, cols["request"][1:] != cols["request"][:-1]]
-    req_time = cols["time"][first]
-    n_test = int(round(req_time.size * test_fraction))
-    latest = np.zeros(req_time.size, bool)
-    latest[np.argsort(req_time, kind="stable")[req_time.size - n_test:]] = True
+    latest = time_split(cols["time"][first], 0.0, test_fraction) == 2
     subsets = {"all requests": np.ones(cols["label"].size, bool),
                f"latest {test_fraction:.0%} (test split)": latest[np.cumsum(first) - 1]}
     out: dict[str, dict[str, dict[str, float]]] = {}
@@ -70,4 +80,87 @@ def ranking_ceiling(num_users: int, num_items: int, seed: int = 0,
                 row[f"{task}/AUC"] = auc(score, label)
                 row[f"{task}/GAUC"] = gauc(score, label, cols["request"][mask])
             out[subset][name] = row
+    with tempfile.TemporaryDirectory() as tmp:
+        log = read_dataset("jdsearch", generate_synthetic(tmp, num_users, num_items, seed, cfg))
+        out["floor"] = {"feature logistic regression (test split)": feature_ranker(
+            log, val_fraction=0.1, test_fraction=test_fraction)}
     return out
+
+
+def feature_ranker(log: EventLog, *, leaf: str = "cate_4", rated: tuple[str, ...] = ("brand",
+                   "shop"), val_fraction: float = 0.1, test_fraction: float = 0.1,
+                   l2: float = 1e-6, prior_weight: float = 20.0) -> dict[str, float]:
+    """Test AUC and GAUC per funnel task of a logistic regression on hand-made features.
+
+    Per candidate: the share of the user's events before the request that fall in the
+    candidate's ``leaf`` category (taste), and whether so (0/1); the share of the request's
+    candidates in that category (what seeing the other candidates reveals); and for each
+    ``rated`` feature the log-odds of the task's smoothed positive rate of its value over the
+    training requests. Requests are split by time as the ranking configs split them; one
+    regression per task (label >= level), fit on the training requests by Newton's method.
+    """
+    for name in (leaf, *rated):
+        if name not in log.item_features:
+            raise ValueError(f"feature_ranker: item feature {name!r} not in the log's "
+                             f"{sorted(log.item_features)}")
+    rq = log.requests
+    if len(rq) == 0:
+        raise ValueError(f"feature_ranker: {log.dataset} has no ranking requests")
+    lens = np.diff(rq.offsets)
+    req = np.repeat(np.arange(len(rq)), lens)
+    cand_leaf = log.item_features[leaf].values[rq.cand_item, 0].astype(np.int64)
+    ev_leaf = log.item_features[leaf].values[log.item, 0].astype(np.int64)
+    before = _events_before(log.user, ev_leaf, log.time, rq.user[req], cand_leaf, rq.time[req])
+    total = _events_before(log.user, np.zeros_like(ev_leaf), log.time, rq.user[req],
+                           np.zeros_like(cand_leaf), rq.time[req])
+    taste = before / np.maximum(total, 1)
+    key = req * (cand_leaf.max() + 1) + cand_leaf
+    _, where, counts = np.unique(key, return_inverse=True, return_counts=True)
+    split = time_split(rq.time, val_fraction, test_fraction)[req]
+    train, test = split == 0, split == 2
+    out = {}
+    for level, task in enumerate(log.behaviors, start=1):
+        label = (rq.cand_label >= level).astype(np.float64)
+        if label[test].min() == label[test].max():
+            continue
+        cols = [np.ones(label.size), taste, (taste > 0).astype(np.float64),
+                counts[where] / lens[req]]
+        prior = label[train].mean()
+        for name in rated:
+            value = log.item_features[name].values[rq.cand_item, 0]
+            n = np.bincount(value[train], minlength=value.max() + 1)
+            pos = np.bincount(value[train], weights=label[train], minlength=value.max() + 1)
+            rate = (pos + prior_weight * prior) / (n + prior_weight)
+            cols.append(np.log(rate / (1 - rate))[value])  # log-odds: the regression's scale
+        x = np.stack(cols, axis=1)
+        w = _logistic_fit(x[train], label[train], l2)
+        out[f"{task}/AUC"] = auc(x[test] @ w, label[test])
+        out[f"{task}/GAUC"] = gauc(x[test] @ w, label[test], req[test])
+    return out
+
+
+def _events_before(ev_user: np.ndarray, ev_key: np.ndarray, ev_time: np.ndarray,
+                   user: np.ndarray, key: np.ndarray, time: np.ndarray) -> np.ndarray:
+    """Per query row: how many events of ``user`` with ``key`` happened before ``time``."""
+    times = np.unique(ev_time)
+    width = times.size + 1
+    group = ev_user.astype(np.int64) * (max(ev_key.max(), key.max()) + 1) + ev_key
+    sorted_keys = np.sort(group * width + np.searchsorted(times, ev_time))
+    q_group = user.astype(np.int64) * (max(ev_key.max(), key.max()) + 1) + key
+    q_rank = np.searchsorted(times, time, side="left")
+    return (np.searchsorted(sorted_keys, q_group * width + q_rank, side="left")
+            - np.searchsorted(sorted_keys, q_group * width, side="left"))
+
+
+def _logistic_fit(x: np.ndarray, y: np.ndarray, l2: float, steps: int = 100) -> np.ndarray:
+    """L2-regularised logistic regression by Newton's method (few columns, many rows)."""
+    w = np.zeros(x.shape[1])
+    for _ in range(steps):
+        p = 1.0 / (1.0 + np.exp(-(x @ w)))
+        grad = x.T @ (p - y) / y.size + l2 * w
+        hess = (x * (p * (1 - p))[:, None]).T @ x / y.size + l2 * np.eye(x.shape[1])
+        step = np.linalg.solve(hess, grad)
+        w -= step
+        if np.abs(step).max() < 1e-9:
+            break
+    return w

@@ -1,5 +1,5 @@
-"""The synthetic ranking ceiling: it scores the very requests the generator writes, and its
-scores are the generator's funnel probabilities."""
+"""The synthetic ranking ceiling scores the very requests the generator writes with the
+generator's funnel probabilities; the feature floor learns from features a model can see."""
 
 from __future__ import annotations
 
@@ -16,7 +16,12 @@ from onepiece_jax.data.readers.synthetic import (
     generate_synthetic,
     simulate_requests,
 )
-from onepiece_jax.eval.ceiling import ranking_ceiling, task_log_prob
+from onepiece_jax.eval.ceiling import (
+    _events_before,
+    feature_ranker,
+    ranking_ceiling,
+    task_log_prob,
+)
 
 
 @pytest.mark.parametrize("chunk_users", [20_000, 128])
@@ -54,13 +59,35 @@ def ceiling():
 
 
 def test_oracle_is_far_above_chance_and_above_quality_alone(ceiling):
-    for rows in ceiling.values():
+    for name in ("all requests", "latest 10% (test split)"):
+        rows = ceiling[name]
         assert rows["oracle"]["click/AUC"] > 0.75
         assert rows["oracle"]["click/AUC"] > rows["quality only"]["click/AUC"] + 0.05
+
+
+def test_feature_floor_learns_but_stays_below_the_oracle(ceiling):
+    floor = ceiling["floor"]["feature logistic regression (test split)"]
+    oracle = ceiling["latest 10% (test split)"]["oracle"]
+    for task in ("click", "cart", "order"):
+        assert 0.65 < floor[f"{task}/AUC"] < oracle[f"{task}/AUC"]
+
+
+def test_events_before_counts_strictly_earlier_events_of_the_same_user_and_key():
+    ev_user, ev_key, ev_time = np.array([1, 1, 1, 2]), np.array([2, 2, 3, 2]), np.array([5, 10,
+                                                                                         1, 3])
+    got = _events_before(ev_user, ev_key, ev_time, user=np.array([1, 1, 1, 2, 3]),
+                         key=np.array([2, 2, 3, 2, 2]), time=np.array([10, 11, 2, 3, 99]))
+    np.testing.assert_array_equal(got, [1, 2, 1, 0, 0])
+
+
+def test_feature_ranker_names_a_missing_feature(synthetic_dir):
+    log = read_dataset("jdsearch", synthetic_dir)
+    with pytest.raises(ValueError, match="'genre'"):
+        feature_ranker(log, leaf="genre")
 
 
 def test_cli_prints_the_ceiling_as_json(capsys):
     assert cli.main(["data", "ceiling", "--users", "200", "--items", "2000"]) == 0
     out = json.loads(capsys.readouterr().out)
-    assert set(out) == {"all requests", "latest 10% (test split)"}
+    assert set(out) == {"all requests", "latest 10% (test split)", "floor"}
     assert 0.5 < out["all requests"]["oracle"]["order/AUC"] <= 1.0
