@@ -363,6 +363,11 @@ RETRIEVAL_STRATEGY = Suite(
             "make the broad task a useful stepping stone.")
 
 
+_RANKING_REFERENCE = (" For scale: `onepiece data ceiling --users U --items I` prints the AUC "
+                      "these logs allow (candidates scored by the generator's own odds) and a "
+                      "feature logistic regression's (`eval/ceiling.py`).")
+
+
 def _ranking_strategy(prefix: str, data: str, config: str) -> list[Variant]:
     rows = [("causal", "causal mask", {"model.base_mask": "causal", "model.reasoning_steps": 0}),
             ("invisible", "bidirectional, CIS inter-invisible",
@@ -397,7 +402,8 @@ RANKING_STRATEGY = Suite(
             "user's taste), so seeing the other candidates tells which leaf the request is "
             "about; the funnel stages are dependent (cart | click, order | cart), which the "
             "progressive curriculum (one stage per step) is meant to exploit. The Taobao slice "
-            "is 43 real users: a sanity check of direction, with a very wide seed spread.")
+            "is 43 real users: a sanity check of direction, with a very wide seed spread."
+            + _RANKING_REFERENCE)
 
 
 BLOCK_SIZE = Suite(
@@ -411,7 +417,7 @@ BLOCK_SIZE = Suite(
     signals="A request shows up to 20 candidates, mostly from the searched leaf; a group of C "
             "of them is one forward pass, so larger groups let each candidate see more of the "
             "request (which leaf it targets, how the candidates compare) and give the "
-            "reasoning block more rows.",
+            "reasoning block more rows." + _RANKING_REFERENCE,
     x_label="block size M = C (candidates per group)")
 
 
