@@ -9,7 +9,7 @@ terms only through the history, the query and the side features; an item's own q
 learn only from the item's id, so "no item quality" is what features and context can reveal.
 
 The floor is :func:`feature_ranker`, the logistic regression a CTR engineer would write first: a
-neural ranker that does not beat it has not yet learnt what four features already say.
+neural ranker that does not beat it has not yet learnt what five features already say.
 """
 
 from __future__ import annotations
