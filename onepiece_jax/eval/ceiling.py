@@ -31,6 +31,7 @@ from onepiece_jax.data.readers.synthetic import (
 from onepiece_jax.eval.metrics import auc, gauc
 
 TASKS = ("click", "cart", "order")  # label >= 1, 2, 3
+VAL_FRACTION = 0.1  # ContextConfig's: the floor trains on the requests before validation
 # score name -> odds terms it keeps
 SCORES = {"oracle": ("liked", "on_query", "side_quality", "item_quality"),
           "no user taste": ("on_query", "side_quality", "item_quality"),
@@ -55,40 +56,48 @@ def ranking_ceiling(num_users: int, num_items: int, seed: int = 0,
                     config: SynthConfig | None = None,
                     test_fraction: float = 0.1) -> dict[str, dict[str, dict[str, float]]]:
     """``{requests: {score: {"click/AUC": ..., "click/GAUC": ..., ...}}}`` for the logs
-    ``generate_synthetic`` writes with these arguments, over all requests and over the latest
-    ``test_fraction`` of them by time (the ranking test split); ``"floor"`` holds the
-    :func:`feature_ranker` on that split (the logs are written to a temporary folder)."""
+    ``generate_synthetic`` writes with these arguments (into a temporary folder), over all
+    requests and over the ranking test split (the latest ``test_fraction`` of the written
+    requests by time); ``"floor"`` holds the :func:`feature_ranker` on that split."""
     cfg = config or SynthConfig()
-    parts = list(simulate_requests(num_users, num_items, seed, cfg))
-    cols = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
-    full = FunnelOdds(**{f.name: cols[f.name] for f in dataclasses.fields(FunnelOdds)})
-    first = np.r_[True, cols["request"][1:] != cols["request"][:-1]]
-    latest = time_split(cols["time"][first], 0.0, test_fraction) == 2
-    subsets = {"all requests": np.ones(cols["label"].size, bool),
-               f"latest {test_fraction:.0%} (test split)": latest[np.cumsum(first) - 1]}
-    out: dict[str, dict[str, dict[str, float]]] = {}
-    for subset, mask in subsets.items():
-        out[subset] = {}
-        for name, keep in SCORES.items():
-            odds = dataclasses.replace(full, **{f.name: np.zeros_like(getattr(full, f.name))
-                                                for f in dataclasses.fields(full)
-                                                if f.name not in keep})
-            row = {}
-            for level, task in enumerate(TASKS, start=1):
-                score = task_log_prob(odds, cfg, task)[mask]
-                label = cols["label"][mask] >= level
-                row[f"{task}/AUC"] = auc(score, label)
-                row[f"{task}/GAUC"] = gauc(score, label, cols["request"][mask])
-            out[subset][name] = row
     with tempfile.TemporaryDirectory() as tmp:
         log = read_dataset("jdsearch", generate_synthetic(tmp, num_users, num_items, seed, cfg))
-        out["floor"] = {"feature logistic regression (test split)": feature_ranker(
-            log, val_fraction=0.1, test_fraction=test_fraction)}
+    parts = list(simulate_requests(num_users, num_items, seed, cfg))
+    label = np.concatenate([p["label"] for p in parts])
+    if not np.array_equal(label, log.requests.cand_label):  # the replay must be the file
+        raise RuntimeError("simulate_requests no longer replays generate_synthetic's requests")
+    full = FunnelOdds(**{f.name: np.concatenate([p[f.name] for p in parts])
+                         for f in dataclasses.fields(FunnelOdds)})
+    req, split = _request_rows(log.requests, VAL_FRACTION, test_fraction)
+    subsets = {"all requests": np.ones(label.size, bool),
+               f"latest {test_fraction:.0%} (test split)": split == 2}
+    out: dict[str, dict[str, dict[str, float]]] = {subset: {} for subset in subsets}
+    for name, keep in SCORES.items():
+        odds = dataclasses.replace(full, **{f.name: np.zeros_like(getattr(full, f.name))
+                                            for f in dataclasses.fields(full)
+                                            if f.name not in keep})
+        scores = {task: task_log_prob(odds, cfg, task) for task in TASKS}
+        for subset, mask in subsets.items():
+            row = {}
+            for level, task in enumerate(TASKS, start=1):
+                positive = label[mask] >= level
+                row[f"{task}/AUC"] = auc(scores[task][mask], positive)
+                row[f"{task}/GAUC"] = gauc(scores[task][mask], positive, req[mask])
+            out[subset][name] = row
+    out["floor"] = {"feature logistic regression (test split)": feature_ranker(
+        log, val_fraction=VAL_FRACTION, test_fraction=test_fraction)}
     return out
 
 
+def _request_rows(requests, val_fraction: float,
+                  test_fraction: float) -> tuple[np.ndarray, np.ndarray]:
+    """Per candidate row: its request index and its request's split (0 train, 1 val, 2 test)."""
+    req = np.repeat(np.arange(len(requests)), np.diff(requests.offsets))
+    return req, time_split(requests.time, val_fraction, test_fraction)[req]
+
+
 def feature_ranker(log: EventLog, *, leaf: str = "cate_4", rated: tuple[str, ...] = ("brand",
-                   "shop"), val_fraction: float = 0.1, test_fraction: float = 0.1,
+                   "shop"), val_fraction: float = VAL_FRACTION, test_fraction: float = 0.1,
                    l2: float = 1e-6, prior_weight: float = 20.0) -> dict[str, float]:
     """Test AUC and GAUC per funnel task of a logistic regression on hand-made features.
 
@@ -107,7 +116,7 @@ def feature_ranker(log: EventLog, *, leaf: str = "cate_4", rated: tuple[str, ...
     if len(rq) == 0:
         raise ValueError(f"feature_ranker: {log.dataset} has no ranking requests")
     lens = np.diff(rq.offsets)
-    req = np.repeat(np.arange(len(rq)), lens)
+    req, split = _request_rows(rq, val_fraction, test_fraction)
     cand_leaf = log.item_features[leaf].values[rq.cand_item, 0].astype(np.int64)
     ev_leaf = log.item_features[leaf].values[log.item, 0].astype(np.int64)
     before = _events_before(log.user, ev_leaf, log.time, rq.user[req], cand_leaf, rq.time[req])
@@ -116,7 +125,6 @@ def feature_ranker(log: EventLog, *, leaf: str = "cate_4", rated: tuple[str, ...
     taste = before / np.maximum(total, 1)
     key = req * (cand_leaf.max() + 1) + cand_leaf
     _, where, counts = np.unique(key, return_inverse=True, return_counts=True)
-    split = time_split(rq.time, val_fraction, test_fraction)[req]
     train, test = split == 0, split == 2
     out = {}
     for level, task in enumerate(log.behaviors, start=1):
@@ -144,9 +152,10 @@ def _events_before(ev_user: np.ndarray, ev_key: np.ndarray, ev_time: np.ndarray,
     """Per query row: how many events of ``user`` with ``key`` happened before ``time``."""
     times = np.unique(ev_time)
     width = times.size + 1
-    group = ev_user.astype(np.int64) * (max(ev_key.max(), key.max()) + 1) + ev_key
+    keys = max(ev_key.max(), key.max()) + 1
+    group = ev_user.astype(np.int64) * keys + ev_key
     sorted_keys = np.sort(group * width + np.searchsorted(times, ev_time))
-    q_group = user.astype(np.int64) * (max(ev_key.max(), key.max()) + 1) + key
+    q_group = user.astype(np.int64) * keys + key
     q_rank = np.searchsorted(times, time, side="left")
     return (np.searchsorted(sorted_keys, q_group * width + q_rank, side="left")
             - np.searchsorted(sorted_keys, q_group * width, side="left"))

@@ -32,17 +32,16 @@ def test_simulated_requests_are_the_written_requests(tmp_path, chunk_users):
     parts = list(simulate_requests(300, 2000, seed=7, chunk_users=chunk_users))
     label = np.concatenate([p["label"] for p in parts])
     request = np.concatenate([p["request"] for p in parts])
-    first = np.r_[True, request[1:] != request[:-1]]
     np.testing.assert_array_equal(label, log.requests.cand_label)
     np.testing.assert_array_equal(np.bincount(request), np.diff(log.requests.offsets))
-    np.testing.assert_array_equal(np.concatenate([p["time"] for p in parts])[first],
-                                  log.requests.time)
+    np.testing.assert_array_equal(  # candidate by candidate, the same request
+        request, np.repeat(np.arange(len(log.requests)), np.diff(log.requests.offsets)))
 
 
 def test_task_log_prob_is_the_funnel_probability():
     cfg = SynthConfig()
     odds = FunnelOdds(liked=np.array([True, False]), on_query=np.array([True, True]),
-                 side_quality=np.array([0.3, -1.0]), item_quality=np.array([0.1, 0.2]))
+                      side_quality=np.array([0.3, -1.0]), item_quality=np.array([0.1, 0.2]))
     sig = lambda x: 1 / (1 + np.exp(-x))  # noqa: E731
     logit = lambda p: np.log(p / (1 - p))  # noqa: E731
     quality = np.array([0.4, -0.8])

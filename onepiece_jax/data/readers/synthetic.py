@@ -122,10 +122,8 @@ def simulate_requests(num_users: int, num_items: int, seed: int = 0,
                       chunk_users: int = 20_000) -> Iterator[dict[str, np.ndarray]]:
     """The ranking requests of the logs ``generate_synthetic`` writes with the same arguments,
     with the generator's own odds: per user chunk, every test impression's ``label`` (as
-    written), ``request`` (global user index), ``time`` (the search's simulated time; the file
-    moves it past the user's last event in the rare case that one is later) and the terms of
-    :class:`FunnelOdds`. It replays the same random draws, so it matches
-    the file without writing it."""
+    written), ``request`` (global user index) and the terms of :class:`FunnelOdds`. It replays
+    the same random draws, so it matches the file without writing it."""
     cfg = config or SynthConfig()
     _check(cfg, num_users, num_items)
     world = _World(cfg, num_items, seed)
@@ -135,7 +133,6 @@ def simulate_requests(num_users: int, num_items: int, seed: int = 0,
         user = np.repeat(np.arange(n), sim["sessions"])[sim["c_sess"][test]]
         odds = sim["odds"]
         yield {"label": _label(sim["level"][test]).astype(np.int8), "request": start + user,
-               "time": sim["s_time"][sim["c_sess"][test]],
                **{f.name: getattr(odds, f.name)[test] for f in dataclasses.fields(odds)}}
 
 
@@ -293,10 +290,10 @@ class _World:
         c_sess, c_slot = c_sess[keep], c_slot[keep]
         c_leaf, c_user = self.slot_leaf[c_slot], s_user[c_sess]
         odds = FunnelOdds(liked=(prefs[c_user] == c_leaf[:, None]).any(axis=1),
-                     on_query=has_query[c_sess] & (s_leaf[c_sess] == c_leaf),
-                     side_quality=(self.brand_q[self.slot_brand[c_slot]]
-                                   + self.shop_q[self.slot_shop[c_slot]]),
-                     item_quality=self.item_q[c_slot])
+                          on_query=has_query[c_sess] & (s_leaf[c_sess] == c_leaf),
+                          side_quality=(self.brand_q[self.slot_brand[c_slot]]
+                                        + self.shop_q[self.slot_shop[c_slot]]),
+                          item_quality=self.item_q[c_slot])
         level = self._funnel(rng, odds, c_user, c_sess, prefs.shape[0], is_test)
         return dict(sessions=sessions, is_test=is_test, s_time=s_time, s_query=s_query,
                     c_sess=c_sess, c_slot=c_slot, level=level, odds=odds)
