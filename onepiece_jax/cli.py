@@ -40,17 +40,19 @@ def _data_fetch(args: argparse.Namespace) -> int:
 
 
 def _data_synth(args: argparse.Namespace) -> int:
-    from onepiece_jax.data.readers.synthetic import generate_synthetic
+    from onepiece_jax.data.readers.synthetic import SynthConfig, generate_synthetic
 
     print(generate_synthetic(args.out, num_users=args.users, num_items=args.items,
-                             seed=args.seed))
+                             seed=args.seed, config=SynthConfig.from_overrides(args.knobs)))
     return 0
 
 
 def _data_ceiling(args: argparse.Namespace) -> int:
+    from onepiece_jax.data.readers.synthetic import SynthConfig
     from onepiece_jax.eval.ceiling import ranking_ceiling
 
     print(json.dumps(ranking_ceiling(args.users, args.items, seed=args.seed,
+                                     config=SynthConfig.from_overrides(args.knobs),
                                      test_fraction=args.test_fraction), indent=2))
     return 0
 
@@ -62,6 +64,12 @@ def _data_build(args: argparse.Namespace) -> int:
     if summary is not None:
         print(json.dumps(summary, indent=2, default=str))
     return 0
+
+
+def _add_knob_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--set", dest="knobs", action="append", default=[], metavar="NAME=VALUE",
+                        help="a generator knob (a SynthConfig field, e.g. end_aligned=True or "
+                             "query_intent=False); repeatable")
 
 
 def _add_data_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -86,6 +94,7 @@ def _add_data_parser(subparsers: argparse._SubParsersAction) -> None:
     synth.add_argument("--users", required=True, type=int)
     synth.add_argument("--items", required=True, type=int)
     synth.add_argument("--seed", type=int, default=0)
+    _add_knob_argument(synth)
     synth.set_defaults(handler=_data_synth)
 
     ceiling = sub.add_parser(
@@ -97,6 +106,7 @@ def _add_data_parser(subparsers: argparse._SubParsersAction) -> None:
     ceiling.add_argument("--seed", type=int, default=0)
     ceiling.add_argument("--test-fraction", type=float, default=0.1,
                          help="the ranking test split: the latest fraction of requests by time")
+    _add_knob_argument(ceiling)
     ceiling.set_defaults(handler=_data_ceiling)
 
     build = sub.add_parser("build", help="build the TFDS dataset of a config "

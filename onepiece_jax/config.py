@@ -283,8 +283,8 @@ def base_config() -> ml_collections.ConfigDict:
         attention="softmax", attention_impl="", compute_dtype="float32",
         base_mask="bidirectional", cis_visible=True, prefix_sees_cis=True,
         reasoning_steps=2, rpe_size=4, readout="block", use_side_info=True, use_pa=True,
-        use_sd=True, use_user_id=True, item_tower="mlp", history_tokens="adapter", head_hidden=64,
-        use_kv_cache=True))
+        use_sd=True, use_user_id=True, use_item_id=True, item_tower="mlp", history_tokens="adapter",
+        head_hidden=64, use_kv_cache=True))
     c.loss = ml_collections.ConfigDict(dict(
         kind="onepiece", strategy="progressive", eta=0.07, rank_eta=1.0,
         # weight of each term of the OnePiece losses (retrieval: bce, u2i, i2u; ranking: bce,

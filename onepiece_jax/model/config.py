@@ -116,6 +116,10 @@ class ModelConfig:
     # the SD user token embeds the user id (SPEC §1); False keeps only the user's other features
     # (a learned vector when there are none), so the model cannot memorise individual users
     use_user_id: bool = True
+    # the item-id table (SPEC §1); False describes every item (IH, PA, CIS, the item tower) by
+    # its side features alone, so the model cannot memorise individual items and must generalise
+    # through category, brand and shop
+    use_item_id: bool = True
     item_tower: str = "mlp"
     history_tokens: str = "adapter"
     head_hidden: int = 64
@@ -193,6 +197,11 @@ class ModelConfig:
             raise ValueError("spec['item'] has no 'item_id' feature, which "
                              "model.use_side_info=False, model.item_tower='embedding' and "
                              "model.history_tokens='sum' need")
+        if not self.use_item_id and (not self.use_side_info or self.item_tower == "embedding"
+                                     or self.history_tokens != "adapter"):
+            raise ValueError("model.use_item_id=False describes items by their side features "
+                             "alone: it needs model.use_side_info=True, model.item_tower other "
+                             "than 'embedding' and model.history_tokens='adapter'")
         if self.history_tokens == "embedding" and self.use_side_info:
             raise ValueError("model.history_tokens='embedding' feeds the raw item-id row as the "
                              "IH/PA token (SASRec); it needs model.use_side_info=False")
@@ -212,11 +221,13 @@ class ModelConfig:
 
     def active_features(self, entity: str) -> tuple[FeatureDef, ...]:
         """The tables the model reads for ``entity`` (item, user, query, context): the spec's,
-        less the item side info without ``use_side_info`` and the user id without
-        ``use_user_id``."""
+        less the item side info without ``use_side_info``, the item id without ``use_item_id``
+        and the user id without ``use_user_id``."""
         features = getattr(self, f"{entity}_features")
         if entity == "item" and not self.use_side_info:
             return tuple(f for f in features if f.name == "item_id")
+        if entity == "item" and not self.use_item_id:
+            return tuple(f for f in features if f.name != "item_id")
         if entity == "user" and not self.use_user_id:
             return tuple(f for f in features if f.name != "user_id")
         return features

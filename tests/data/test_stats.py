@@ -98,6 +98,19 @@ def test_cli_synth_then_stats(tmp_path, capsys):
     assert s["users"] == 20 and s["requests"] == 20 and s["items"] == 400
 
 
+def test_cli_synth_applies_knobs_and_names_an_unknown_one(tmp_path, capsys):
+    args = ["data", "synth", "--users", "20", "--items", "400", "--seed", "3"]
+    for name, knobs in (("default", []), ("aligned", ["--set", "end_aligned=True"])):
+        assert cli.main([*args, "--out", str(tmp_path / name), *knobs]) == 0
+    behaviour = [(tmp_path / name / "user_behavior_data.txt").read_bytes()
+                 for name in ("default", "aligned")]
+    assert behaviour[0] != behaviour[1]
+    capsys.readouterr()
+    assert cli.main([*args, "--out", str(tmp_path / "bad"), "--set", "end_aligend=True"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "'end_aligend=True'" in err
+
+
 def test_cli_build_passes_overrides(tmp_path, monkeypatch):
     import sys
     import types

@@ -107,3 +107,36 @@ def test_funnel_is_a_funnel(log):
 def test_rejects_too_few_items(tmp_path):
     with pytest.raises(ValueError, match="num_items"):
         generate_synthetic(tmp_path, num_users=5, num_items=10, seed=0)
+
+
+def _activity_time_correlation(log) -> float:
+    """Pearson correlation of a request's time with its user's number of history events."""
+    events = np.bincount(log.user, minlength=log.num_users + 1)[log.requests.user]
+    return float(np.corrcoef(log.requests.time, events)[0, 1])
+
+
+def test_end_aligned_switch_makes_request_time_independent_of_activity(log, tmp_path):
+    """By default active users search last, so a time split is a split by history length; with
+    ``end_aligned`` every last search lands in the second half of the horizon whatever the
+    user's activity, still after the user's history."""
+    path = generate_synthetic(tmp_path, num_users=300, num_items=2000, seed=7,
+                              config=SynthConfig(end_aligned=True))
+    aligned = read_dataset("jdsearch", path)
+    assert _activity_time_correlation(log) > 0.4
+    assert abs(_activity_time_correlation(aligned)) < 0.15
+    cfg = SynthConfig()
+    assert (aligned.requests.time >= cfg.epoch + cfg.horizon * (1 - cfg.start_spread)).all()
+    last = np.zeros(aligned.num_users + 1, np.int64)
+    np.maximum.at(last, aligned.user, aligned.time)
+    assert (aligned.requests.time >= last[aligned.requests.user]).all()
+
+
+def test_knob_overrides_parse_literals_and_name_bad_knobs():
+    cfg = SynthConfig.from_overrides(["end_aligned=True", "explore_rate=0", "candidates=10"])
+    assert cfg.end_aligned and cfg.explore_rate == 0.0 and cfg.candidates == 10
+    with pytest.raises(ValueError, match="did you mean 'end_aligned'"):
+        SynthConfig.from_overrides(["end_align=True"])
+    with pytest.raises(ValueError, match="candidates='ten'"):
+        SynthConfig.from_overrides(["candidates=ten"])
+    with pytest.raises(ValueError, match="expected a bool"):
+        SynthConfig.from_overrides(["query_intent=1"])

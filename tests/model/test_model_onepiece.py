@@ -201,6 +201,30 @@ def test_without_user_id_or_other_user_features_the_user_token_is_learned(tiny):
                                atol=1e-6)
 
 
+@pytest.mark.parametrize("mode", ["retrieval", "ranking"])
+@pytest.mark.parametrize("item_id", [True, False])
+def test_item_id_switch_decides_whether_outputs_depend_on_the_item_id_column(tiny, mode, item_id):
+    """``use_item_id=False`` drops the item-id table everywhere (IH, PA, CIS, item tower): a
+    catalogue whose id column is permuted then gives the same outputs, while with the table it
+    does not."""
+    batch, catalog = tiny.batch(mode), tiny.catalog()
+    model, variables = tiny.init(tiny.config(mode, use_item_id=item_id), batch, catalog)
+    assert ("item_item_id" in variables["params"]["embedder"]["tables"]) == item_id
+    ids = np.asarray(catalog["item"]["item_id"])
+    permuted = {**catalog, "item": {**catalog["item"],
+                                    "item_id": jnp.asarray(np.concatenate([ids[:1], ids[:0:-1]]))}}
+    key = "user_vectors" if mode == "retrieval" else "logits"
+    base, other = (np.asarray(model.apply(variables, batch, c)[key]) for c in (catalog, permuted))
+    assert np.allclose(base, other, atol=1e-6) == (not item_id)
+
+
+@pytest.mark.parametrize("override", [dict(use_side_info=False), dict(item_tower="embedding"),
+                                      dict(history_tokens="sum")])
+def test_dropping_the_item_id_where_a_component_reads_it_is_refused(tiny, override):
+    with pytest.raises(ValueError, match="model.use_item_id=False"):
+        tiny.config("retrieval", use_item_id=False, **override)
+
+
 def test_param_summary_lists_modules_and_the_total(tiny):
     batch, catalog = tiny.batch("ranking"), tiny.catalog()
     _, variables = tiny.init(tiny.config("ranking"), batch, catalog)

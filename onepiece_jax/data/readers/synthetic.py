@@ -29,14 +29,19 @@ What is planted (all knobs in :class:`SynthConfig`):
 - **Time**: every user starts at an absolute offset on one shared clock (the first entry of
   ``history_time_list``, where the real data has 0), sessions follow with exponential gaps and the
   user's last session is the test search (its candidates and labels are the ranking request).
-  Every user has at least one history event.
+  Every user has at least one history event. By default users start in the first half of the
+  horizon, so the users who search last are the most active ones: a time split of the requests
+  trains on short histories and tests on long ones. ``end_aligned=True`` places each user's
+  last search uniformly in the second half instead, independent of their activity.
 """
 
 from __future__ import annotations
 
+import ast
 import dataclasses
+import difflib
 import math
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -86,11 +91,42 @@ class SynthConfig:
     epoch: int = 1_700_000_000  # shared clock origin (seconds)
     horizon: int = 60 * 86_400
     start_spread: float = 0.5  # users start uniformly in the first half of the horizon
+    # False: users start uniformly in the first start_spread of the horizon, so a user with more
+    # sessions searches last later and a time split of the requests is a split by activity
+    # (train: short histories, test: long ones). True: every user's last search falls uniformly
+    # in the last start_spread of the horizon, whatever their number of sessions.
+    end_aligned: bool = False
     event_gap: float = 30.0  # mean seconds between behaviours inside one session
 
     @property
     def num_leaves(self) -> int:
         return math.prod(self.category_fanout)
+
+    @classmethod
+    def from_overrides(cls, pairs: Iterable[str]) -> SynthConfig:
+        """The defaults with ``NAME=VALUE`` pairs applied (values as Python literals), as the
+        CLI's ``--set`` gives them; an unknown knob or a value of the wrong type is named."""
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        knobs = {}
+        for pair in pairs:
+            name, sep, raw = pair.partition("=")
+            if not sep or name not in fields:
+                close = difflib.get_close_matches(name, fields, n=1)
+                hint = f" (did you mean {close[0]!r}?)" if close else ""
+                raise ValueError(f"synthetic knob {pair!r}: expected NAME=VALUE with NAME one of "
+                                 f"SynthConfig's fields{hint}")
+            default = getattr(cls, name)
+            try:
+                value = ast.literal_eval(raw)
+            except (ValueError, SyntaxError):
+                raise ValueError(f"synthetic knob {name}={raw!r}: not a Python literal") from None
+            if isinstance(default, float) and type(value) is int:
+                value = float(value)
+            if type(value) is not type(default):
+                raise ValueError(f"synthetic knob {name}={raw!r}: expected a "
+                                 f"{type(default).__name__} like {default!r}")
+            knobs[name] = value
+        return cls(**knobs)
 
 
 def generate_synthetic(out_dir: str | Path, num_users: int, num_items: int, seed: int = 0,
@@ -265,8 +301,13 @@ class _World:
         gap_mean = cfg.horizon * (1 - cfg.start_spread) / cfg.mean_sessions
         gaps = 60 + rng.exponential(gap_mean, n_s)
         gaps[np.cumsum(sessions) - sessions] = 0
-        start = cfg.epoch + rng.uniform(0, cfg.start_spread * cfg.horizon, n)
-        s_time = (start[s_user] + _segment_cumsum(gaps, sessions)).astype(np.int64)
+        offset = rng.uniform(0, cfg.start_spread * cfg.horizon, n)
+        elapsed = _segment_cumsum(gaps, sessions)
+        if cfg.end_aligned:
+            start = cfg.epoch + cfg.horizon - offset - elapsed[np.cumsum(sessions) - 1]
+        else:
+            start = cfg.epoch + offset
+        s_time = (start[s_user] + elapsed).astype(np.int64)
         pick = rng.choice(cfg.prefs_per_user, size=n_s, p=np.asarray(cfg.pref_weights))
         s_leaf = np.where(rng.random(n_s) < cfg.explore_rate,
                           rng.choice(leaves, size=n_s, p=self.leaf_p), prefs[s_user, pick])
