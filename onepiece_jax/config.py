@@ -279,7 +279,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.model = ml_collections.ConfigDict(dict(
         d_model=64, num_layers=2, num_heads=4, ffn_mult=4, dropout=0.1, attention_dropout=0.0,
         feature_dim=16, norm="pre", ffn_inner_dropout=True, embed_init_std=0.0,
-        ih_positions="from_newest",
+        dense_init="normal_0.02", ih_positions="from_newest",
         attention="softmax", attention_impl="", compute_dtype="float32",
         base_mask="bidirectional", cis_visible=True, prefix_sees_cis=True,
         reasoning_steps=2, rpe_size=4, readout="block", use_side_info=True, use_pa=True,

@@ -26,7 +26,6 @@ import numpy as np
 from onepiece_jax.model.config import ModelConfig
 from onepiece_jax.model.dropout import Dropout
 
-_INIT = nn.initializers.normal(stddev=0.02)
 # Analysis hook, off unless asked for: with ``model.apply(..., mutable=[CAPTURE])`` every attention
 # call sows its weights ``f32[B, H, Q, S]`` (base pass, then one entry per reasoning step), which
 # ``experiments/attention.py`` turns into per-segment maps. Training and serving never make the
@@ -101,9 +100,9 @@ class SelfAttention(nn.Module):
         dropping = train and cfg.attention_dropout > 0
         b, q_len, _ = x.shape
         chex.assert_shape(mask, (b, 1, q_len, k_pos.shape[0]))
-        heads, head_dim = cfg.num_heads, cfg.head_dim
+        heads, head_dim, init = cfg.num_heads, cfg.head_dim, cfg.kernel_init
         if cfg.attention == "softmax":
-            qkv = nn.DenseGeneral((3, heads, head_dim), dtype=cfg.dtype, kernel_init=_INIT,
+            qkv = nn.DenseGeneral((3, heads, head_dim), dtype=cfg.dtype, kernel_init=init,
                                   name="qkv")(x)
             query, key, value = _heads_major(qkv)
             cache = _extend(cache, key, value)
@@ -117,9 +116,9 @@ class SelfAttention(nn.Module):
                 out = jax.nn.dot_product_attention(
                     *(jnp.swapaxes(a, 1, 2) for a in (query, cache.key, cache.value)),
                     mask=mask, implementation=cfg.attention_impl)
-            return nn.DenseGeneral(cfg.d_model, axis=(-2, -1), dtype=cfg.dtype, kernel_init=_INIT,
+            return nn.DenseGeneral(cfg.d_model, axis=(-2, -1), dtype=cfg.dtype, kernel_init=init,
                                    name="out")(out), cache
-        uvqk = nn.silu(nn.DenseGeneral((4, heads, head_dim), dtype=cfg.dtype, kernel_init=_INIT,
+        uvqk = nn.silu(nn.DenseGeneral((4, heads, head_dim), dtype=cfg.dtype, kernel_init=init,
                                        name="uvqk")(x))
         gate = uvqk[:, :, 0].reshape(b, q_len, -1)
         value, query, key = _heads_major(uvqk[:, :, 1:])
@@ -137,4 +136,4 @@ class SelfAttention(nn.Module):
                            cache.value)
         normed = nn.LayerNorm(dtype=jnp.float32, name="norm")(mixed.reshape(b, q_len, -1))
         gated = normed.astype(cfg.dtype) * gate
-        return nn.Dense(cfg.d_model, dtype=cfg.dtype, kernel_init=_INIT, name="out")(gated), cache
+        return nn.Dense(cfg.d_model, dtype=cfg.dtype, kernel_init=init, name="out")(gated), cache

@@ -13,6 +13,7 @@ import dataclasses
 from collections.abc import Mapping
 from typing import Any, NamedTuple
 
+import flax.linen as nn
 import jax.numpy as jnp
 import numpy as np
 
@@ -28,6 +29,7 @@ ITEM_TOWERS = ("mlp", "shared_proj", "embedding")
 HISTORY_TOKENS = ("adapter", "embedding", "sum")
 NORMS = ("pre", "post")
 IH_POSITIONS = ("from_newest", "from_oldest")
+DENSE_INITS = ("normal_0.02", "lecun_normal")
 ENTITIES = ("item", "user", "query")
 
 
@@ -92,6 +94,11 @@ class ModelConfig:
     # std of the normal init of the embedding tables; 0 keeps Flax's default, 1/sqrt(width)
     # (0.125 at d=64). RecBole draws every table (and position) from N(0, 0.02).
     embed_init_std: float = 0.0
+    # kernels of every dense layer (segment adapters, item tower, attention, FFN; not the task
+    # heads, which are always lecun_normal): "normal_0.02" is N(0, 0.02²) (BERT, HSTU, RecBole);
+    # "lecun_normal" is variance 1/fan_in (Flax's default), which keeps an adapter's output at
+    # its input's scale instead of ~0.02·sqrt(fan_in) times it
+    dense_init: str = "normal_0.02"
     # IH position slots: "from_newest" (left-padded, slot L-1 is always the newest item, as in
     # the original SASRec) or "from_oldest" (slot 0 is the oldest item of the window, as in
     # RecBole's right-padded sequences)
@@ -150,6 +157,7 @@ class ModelConfig:
         _check_choice("history_tokens", self.history_tokens, HISTORY_TOKENS)
         _check_choice("norm", self.norm, NORMS)
         _check_choice("ih_positions", self.ih_positions, IH_POSITIONS)
+        _check_choice("dense_init", self.dense_init, DENSE_INITS)
         for key in ("d_model", "num_layers", "num_heads", "ffn_mult", "feature_dim",
                     "head_hidden", "ih_len", "num_tasks", "vocab_multiple"):
             if getattr(self, key) < 1:
@@ -209,6 +217,13 @@ class ModelConfig:
     def table_rows(self, vocab_size: int) -> int:
         """Rows of an embedding table: ``vocab_size`` rounded up to ``vocab_multiple``."""
         return -(-vocab_size // self.vocab_multiple) * self.vocab_multiple
+
+    @property
+    def kernel_init(self) -> nn.initializers.Initializer:
+        """The initializer of the dense layers' kernels (``dense_init``)."""
+        if self.dense_init == "lecun_normal":
+            return nn.initializers.lecun_normal()
+        return nn.initializers.normal(stddev=0.02)
 
     @property
     def head_dim(self) -> int:

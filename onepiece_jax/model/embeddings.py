@@ -38,8 +38,9 @@ class Adapter(nn.Module):
     @nn.compact
     def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
         cfg = self.config
-        x = nn.gelu(nn.Dense(cfg.d_model, dtype=cfg.dtype, kernel_init=_INIT)(x))
-        return nn.Dense(cfg.d_model, dtype=cfg.dtype, kernel_init=_INIT)(x).astype(jnp.float32)
+        init = cfg.kernel_init
+        x = nn.gelu(nn.Dense(cfg.d_model, dtype=cfg.dtype, kernel_init=init)(x))
+        return nn.Dense(cfg.d_model, dtype=cfg.dtype, kernel_init=init)(x).astype(jnp.float32)
 
 
 def padded_embed(vocab_size: int, width: int, config: ModelConfig) -> nn.Embed:
@@ -125,7 +126,8 @@ class ContextEmbedder(nn.Module):
         self.tables = FeatureTables(cfg)
         self.proj_shared = Adapter(cfg) if cfg.history_tokens == "adapter" else None
         side = [f for f in cfg.active_features("item") if f.name != "item_id"]
-        self.proj_side = (nn.Dense(cfg.d_model, use_bias=False, kernel_init=_INIT)
+        self.proj_side = (nn.Dense(cfg.d_model, use_bias=False,
+                                   kernel_init=cfg.kernel_init)
                           if cfg.history_tokens == "sum" and (side or cfg.uses_behavior) else None)
         self.ih_pos = self.param("ih_pos", _INIT, (cfg.ih_len, d))
         if cfg.layout().pa:

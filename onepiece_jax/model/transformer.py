@@ -19,8 +19,6 @@ from onepiece_jax.model.attention import KVCache, SelfAttention
 from onepiece_jax.model.config import ModelConfig
 from onepiece_jax.model.dropout import Dropout
 
-_INIT = nn.initializers.normal(stddev=0.02)
-
 
 class TransformerLayer(nn.Module):
     """One pre- or post-norm layer (softmax MHSA + GELU FFN, or an HSTU block)."""
@@ -46,10 +44,11 @@ class TransformerLayer(nn.Module):
         h = attn_norm(h) if post else h
         if cfg.attention == "softmax":
             ffn_norm = nn.LayerNorm(dtype=jnp.float32, name="ffn_norm")
-            y = nn.gelu(nn.Dense(cfg.ffn_mult * cfg.d_model, dtype=cfg.dtype, kernel_init=_INIT,
+            init = cfg.kernel_init
+            y = nn.gelu(nn.Dense(cfg.ffn_mult * cfg.d_model, dtype=cfg.dtype, kernel_init=init,
                                  name="ffn_in")(h if post else ffn_norm(h)))
             y = drop(y) if cfg.ffn_inner_dropout else y
-            y = nn.Dense(cfg.d_model, dtype=cfg.dtype, kernel_init=_INIT, name="ffn_out")(y)
+            y = nn.Dense(cfg.d_model, dtype=cfg.dtype, kernel_init=init, name="ffn_out")(y)
             h = h + drop(y).astype(jnp.float32)
             h = ffn_norm(h) if post else h
         return h, cache
