@@ -205,11 +205,14 @@ class ModelConfig:
             raise ValueError("spec['item'] has no 'item_id' feature, which "
                              "model.use_side_info=False, model.item_tower='embedding' and "
                              "model.history_tokens='sum' need")
-        if not self.use_item_id and (not self.use_side_info or self.item_tower == "embedding"
+        side = [f.name for f in self.item_features if f.name != "item_id"]
+        if not self.use_item_id and (not side or not self.use_side_info
+                                     or self.item_tower == "embedding"
                                      or self.history_tokens != "adapter"):
             raise ValueError("model.use_item_id=False describes items by their side features "
-                             "alone: it needs model.use_side_info=True, model.item_tower other "
-                             "than 'embedding' and model.history_tokens='adapter'")
+                             f"alone ({side or 'spec[item] has none'}): it needs "
+                             "model.use_side_info=True, model.item_tower other than 'embedding' "
+                             "and model.history_tokens='adapter'")
         if self.history_tokens == "embedding" and self.use_side_info:
             raise ValueError("model.history_tokens='embedding' feeds the raw item-id row as the "
                              "IH/PA token (SASRec); it needs model.use_side_info=False")

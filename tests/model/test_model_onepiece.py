@@ -225,6 +225,13 @@ def test_dropping_the_item_id_where_a_component_reads_it_is_refused(tiny, overri
         tiny.config("retrieval", use_item_id=False, **override)
 
 
+def test_dropping_the_item_id_of_a_spec_without_side_features_is_refused(tiny):
+    only_id = tiny.config("retrieval").item_features[:1]
+    assert [f.name for f in only_id] == ["item_id"]
+    with pytest.raises(ValueError, match="has none"):
+        tiny.config("retrieval", use_item_id=False, item_features=only_id)
+
+
 def test_param_summary_lists_modules_and_the_total(tiny):
     batch, catalog = tiny.batch("ranking"), tiny.catalog()
     _, variables = tiny.init(tiny.config("ranking"), batch, catalog)
