@@ -24,9 +24,9 @@ def get_config():
     c.context.num_candidates = 12
     c.context.max_candidates = 240
     c.model.reasoning_steps = 3
-    # lecun_normal dense kernels: at N(0, 0.02) the adapters shrink each item token to ~0.1 of
-    # its features' scale and the ranker learns little beyond brand and shop quality within its
-    # few hundred steps (docs/results, "Initialisation")
+    # lecun_normal dense kernels: at N(0, 0.02²) an adapter shrinks an item's features to ~2% of
+    # their scale, below the position rows added to them, and the ranker learns little beyond
+    # brand and shop quality within its few hundred steps (docs/results, "Initialisation")
     c.model.dense_init = "lecun_normal"
     c.train.batch_size = 64
     c.train.early_stop_metric = "click/AUC"

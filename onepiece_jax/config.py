@@ -30,12 +30,12 @@ class ConfigError(ValueError):
 OPTIONAL_KEYS = frozenset({"context.train_fraction"})
 
 
-def unknown_key(key: str, known: Sequence[str]) -> ConfigError:
-    """The error for ``config.KEY`` where only ``known`` exist, with the closest as a hint."""
+def unknown_key(key: str, known: Sequence[str], prefix: str = "config.") -> ConfigError:
+    """The error for ``PREFIX KEY`` where only ``known`` exist, with the closest as a hint."""
     leaf = key.rsplit(".", 1)[-1]
     close = difflib.get_close_matches(leaf, known, n=1)
     hint = f"did you mean {close[0]!r}? " if close else ""
-    return ConfigError(f"config.{key}: unknown key ({hint}known here: "
+    return ConfigError(f"{prefix}{key}: unknown key ({hint}known here: "
                        f"{', '.join(sorted(known))})")
 
 
@@ -84,22 +84,24 @@ def parse_override(text: str) -> tuple[str, str]:
     return key, value
 
 
-def _coerce(key: str, old, raw: str):
+def coerce_value(key: str, old, raw: str, prefix: str = "config."):
+    """``raw`` (command-line text) as a value of ``old``'s type; errors name ``PREFIX KEY``."""
+    key = f"{prefix}{key}"
     if isinstance(old, bool):
         if raw.lower() in ("true", "1", "yes"):
             return True
         if raw.lower() in ("false", "0", "no"):
             return False
-        raise ConfigError(f"config.{key}: expected a bool, got {raw!r}")
+        raise ConfigError(f"{key}: expected a bool, got {raw!r}")
     if isinstance(old, int | float) and not isinstance(old, bool):
         try:
             value = ast.literal_eval(raw)
         except (ValueError, SyntaxError) as e:
-            raise ConfigError(f"config.{key}: expected a number, got {raw!r}") from e
+            raise ConfigError(f"{key}: expected a number, got {raw!r}") from e
         if isinstance(old, int) and not (isinstance(value, int) and not isinstance(value, bool)):
-            raise ConfigError(f"config.{key}: expected an int, got {raw!r}")
+            raise ConfigError(f"{key}: expected an int, got {raw!r}")
         if isinstance(old, float) and not isinstance(value, int | float):
-            raise ConfigError(f"config.{key}: expected a float, got {raw!r}")
+            raise ConfigError(f"{key}: expected a float, got {raw!r}")
         return type(old)(value)
     if isinstance(old, tuple | list):
         try:
@@ -109,11 +111,11 @@ def _coerce(key: str, old, raw: str):
         if isinstance(value, str):
             value = (value,)
         if not isinstance(value, tuple | list):
-            raise ConfigError(f"config.{key}: expected a tuple, got {raw!r}")
+            raise ConfigError(f"{key}: expected a tuple, got {raw!r}")
         return tuple(value)
     if old is None or isinstance(old, str):
         return None if raw == "None" and old is None else raw
-    raise ConfigError(f"config.{key}: cannot override a {type(old).__name__} from the command line")
+    raise ConfigError(f"{key}: cannot override a {type(old).__name__} from the command line")
 
 
 def apply_overrides(config: ml_collections.ConfigDict, overrides: Sequence[str]) -> None:
@@ -131,7 +133,7 @@ def apply_overrides(config: ml_collections.ConfigDict, overrides: Sequence[str])
         leaf = parts[-1]
         if leaf not in node:
             raise unknown_key(key, list(node.keys()))
-        node[leaf] = _coerce(key, node[leaf], raw)
+        node[leaf] = coerce_value(key, node[leaf], raw)
 
 
 def validate(config: ml_collections.ConfigDict) -> None:

@@ -37,9 +37,7 @@ What is planted (all knobs in :class:`SynthConfig`):
 
 from __future__ import annotations
 
-import ast
 import dataclasses
-import difflib
 import math
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -104,28 +102,20 @@ class SynthConfig:
 
     @classmethod
     def from_overrides(cls, pairs: Iterable[str]) -> SynthConfig:
-        """The defaults with ``NAME=VALUE`` pairs applied (values as Python literals), as the
-        CLI's ``--set`` gives them; an unknown knob or a value of the wrong type is named."""
-        fields = {f.name: f for f in dataclasses.fields(cls)}
+        """The defaults with ``NAME=VALUE`` pairs applied, as the CLI's ``--set`` gives them,
+        parsed by the rules of ``--config.KEY=VALUE`` overrides; an unknown knob or a badly
+        typed value is a ``ConfigError`` that names it."""
+        from onepiece_jax.config import ConfigError, coerce_value, unknown_key
+
+        prefix, names = "synthetic knob ", [f.name for f in dataclasses.fields(cls)]
         knobs = {}
         for pair in pairs:
             name, sep, raw = pair.partition("=")
-            if not sep or name not in fields:
-                close = difflib.get_close_matches(name, fields, n=1)
-                hint = f" (did you mean {close[0]!r}?)" if close else ""
-                raise ValueError(f"synthetic knob {pair!r}: expected NAME=VALUE with NAME one of "
-                                 f"SynthConfig's fields{hint}")
-            default = getattr(cls, name)
-            try:
-                value = ast.literal_eval(raw)
-            except (ValueError, SyntaxError):
-                raise ValueError(f"synthetic knob {name}={raw!r}: not a Python literal") from None
-            if isinstance(default, float) and type(value) is int:
-                value = float(value)
-            if type(value) is not type(default):
-                raise ValueError(f"synthetic knob {name}={raw!r}: expected a "
-                                 f"{type(default).__name__} like {default!r}")
-            knobs[name] = value
+            if not sep:
+                raise ConfigError(f"{prefix}{pair!r}: expected NAME=VALUE")
+            if name not in names:
+                raise unknown_key(name, names, prefix)
+            knobs[name] = coerce_value(name, getattr(cls, name), raw, prefix)
         return cls(**knobs)
 
 
