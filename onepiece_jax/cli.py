@@ -49,11 +49,24 @@ def _data_synth(args: argparse.Namespace) -> int:
 
 def _data_ceiling(args: argparse.Namespace) -> int:
     from onepiece_jax.data.readers.synthetic import SynthConfig
-    from onepiece_jax.eval.ceiling import ranking_ceiling
+    from onepiece_jax.eval.ceiling import ranking_ceiling, world_ceiling
 
-    print(json.dumps(ranking_ceiling(args.users, args.items, seed=args.seed,
-                                     config=SynthConfig.from_overrides(args.knobs),
-                                     test_fraction=args.test_fraction), indent=2))
+    fractions = {"val_fraction": args.val_fraction, "test_fraction": args.test_fraction}
+    if args.world is not None:
+        given = [flag for flag, value in (("--users", args.users), ("--items", args.items),
+                                          ("--seed", args.seed), ("--set", args.knobs))
+                 if value not in (None, [])]
+        if given:
+            raise ValueError(f"data ceiling: --world replays the world's own arguments; "
+                             f"drop {', '.join(given)}")
+        out = world_ceiling(args.world, **fractions)
+    elif args.users is None or args.items is None:
+        raise ValueError("data ceiling: give --users and --items (a world to generate) or "
+                         "--world (a generated one)")
+    else:
+        out = ranking_ceiling(args.users, args.items, seed=args.seed or 0,
+                              config=SynthConfig.from_overrides(args.knobs), **fractions)
+    print(json.dumps(out, indent=2))
     return 0
 
 
@@ -101,9 +114,14 @@ def _add_data_parser(subparsers: argparse._SubParsersAction) -> None:
         "ceiling", help="print the ranking AUC/GAUC the synthetic logs of these arguments allow "
                         "(the generator's own odds, and with parts of them removed) and a "
                         "feature logistic regression's, as JSON")
-    ceiling.add_argument("--users", required=True, type=int)
-    ceiling.add_argument("--items", required=True, type=int)
-    ceiling.add_argument("--seed", type=int, default=0)
+    ceiling.add_argument("--users", type=int, help="users of the world to generate")
+    ceiling.add_argument("--items", type=int, help="items of the world to generate")
+    ceiling.add_argument("--seed", type=int, help="generator seed (default 0)")
+    ceiling.add_argument("--world", type=Path,
+                         help="instead, a world `onepiece data synth` wrote (its synth.json)")
+    ceiling.add_argument("--val-fraction", type=float, default=0.1,
+                         help="the ranking validation split: the fraction of requests before "
+                              "the test split")
     ceiling.add_argument("--test-fraction", type=float, default=0.1,
                          help="the ranking test split: the latest fraction of requests by time")
     _add_knob_argument(ceiling)

@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import dataclasses
 import tempfile
+from collections.abc import Mapping
+from pathlib import Path
 
 import numpy as np
 
@@ -27,6 +29,7 @@ from onepiece_jax.data.readers.synthetic import (
     SynthConfig,
     generate_synthetic,
     simulate_requests,
+    world_arguments,
 )
 from onepiece_jax.eval.metrics import auc, gauc
 
@@ -39,6 +42,7 @@ SCORES = {"oracle": ("liked", "on_query", "side_quality", "item_quality"),
           "no item quality": ("liked", "on_query", "side_quality"),
           "no quality": ("liked", "on_query"),
           "quality only": ("side_quality", "item_quality")}
+FLOOR_ROW = "feature logistic regression (test split)"
 
 
 def task_log_prob(odds: FunnelOdds, cfg: SynthConfig, task: str) -> np.ndarray:
@@ -53,24 +57,35 @@ def task_log_prob(odds: FunnelOdds, cfg: SynthConfig, task: str) -> np.ndarray:
 
 
 def ranking_ceiling(num_users: int, num_items: int, seed: int = 0,
-                    config: SynthConfig | None = None,
-                    test_fraction: float = 0.1) -> dict[str, dict[str, dict[str, float]]]:
-    """``{requests: {score: {"click/AUC": ..., "click/GAUC": ..., ...}}}`` for the logs
-    ``generate_synthetic`` writes with these arguments (into a temporary folder), over all
-    requests and over the ranking test split (the latest ``test_fraction`` of the written
-    requests by time); ``"floor"`` holds the :func:`feature_ranker` on that split."""
-    cfg = config or SynthConfig()
+                    config: SynthConfig | None = None, test_fraction: float = 0.1,
+                    val_fraction: float = VAL_FRACTION) -> dict[str, dict[str, dict[str, float]]]:
+    """:func:`world_ceiling` of the logs ``generate_synthetic`` writes with these arguments
+    (into a temporary folder)."""
     with tempfile.TemporaryDirectory() as tmp:
-        log = read_dataset("jdsearch", generate_synthetic(tmp, num_users, num_items, seed, cfg))
-    parts = list(simulate_requests(num_users, num_items, seed, cfg))
+        world = generate_synthetic(tmp, num_users, num_items, seed, config)
+        return world_ceiling(world, val_fraction=val_fraction, test_fraction=test_fraction)
+
+
+def world_ceiling(world: str | Path, *, val_fraction: float = VAL_FRACTION,
+                  test_fraction: float = 0.1) -> dict[str, dict[str, dict[str, float]]]:
+    """``{requests: {score: {"click/AUC": ..., "click/GAUC": ..., ...}}}`` for a generated
+    world (its requests replayed from its ``synth.json``), over all requests and over the
+    ranking test split (:func:`latest_subset`); ``"floor"`` holds the :func:`feature_ranker` on
+    that split (:data:`FLOOR_ROW`). Requests are split by time as a ranking config with these
+    fractions splits them."""
+    args = world_arguments(world)
+    cfg = args["config"]
+    log = read_dataset("jdsearch", world)
+    parts = list(simulate_requests(**args))
     label = np.concatenate([p["label"] for p in parts])
     if not np.array_equal(label, log.requests.cand_label):  # the replay must be the file
-        raise RuntimeError("simulate_requests no longer replays generate_synthetic's requests")
+        raise RuntimeError(f"{world}: simulate_requests does not replay the requests of this "
+                           "world (written by another version of the generator?)")
     full = FunnelOdds(**{f.name: np.concatenate([p[f.name] for p in parts])
                          for f in dataclasses.fields(FunnelOdds)})
-    req, split = _request_rows(log.requests, VAL_FRACTION, test_fraction)
+    req, split = _request_rows(log.requests, val_fraction, test_fraction)
     subsets = {"all requests": np.ones(label.size, bool),
-               f"latest {test_fraction:.0%} (test split)": split == 2}
+               latest_subset(test_fraction): split == 2}
     out: dict[str, dict[str, dict[str, float]]] = {subset: {} for subset in subsets}
     for name, keep in SCORES.items():
         odds = dataclasses.replace(full, **{f.name: np.zeros_like(getattr(full, f.name))
@@ -84,9 +99,27 @@ def ranking_ceiling(num_users: int, num_items: int, seed: int = 0,
                 row[f"{task}/AUC"] = auc(scores[task][mask], positive)
                 row[f"{task}/GAUC"] = gauc(scores[task][mask], positive, req[mask])
             out[subset][name] = row
-    out["floor"] = {"feature logistic regression (test split)": feature_ranker(
-        log, val_fraction=VAL_FRACTION, test_fraction=test_fraction)}
+    out["floor"] = {FLOOR_ROW: feature_ranker(log, val_fraction=val_fraction,
+                                              test_fraction=test_fraction)}
     return out
+
+
+def latest_subset(test_fraction: float) -> str:
+    """The key of the test split's rows in :func:`world_ceiling`'s result."""
+    return f"latest {test_fraction:.0%} (test split)"
+
+
+def reference_row(ceiling: Mapping[str, Mapping[str, Mapping[str, float]]], name: str,
+                  test_fraction: float) -> dict[str, float]:
+    """A test-split row of :func:`world_ceiling`'s result by reference name: ``feature_floor``
+    or one of :data:`SCORES` (``oracle``, ...): what an experiment suite reports beside its
+    models."""
+    if name == "feature_floor":
+        return dict(ceiling["floor"][FLOOR_ROW])
+    if name not in SCORES:
+        raise ValueError(f"unknown ranking reference {name!r}; expected 'feature_floor' or one "
+                         f"of {sorted(SCORES)}")
+    return dict(ceiling[latest_subset(test_fraction)][name])
 
 
 def _request_rows(requests, val_fraction: float,

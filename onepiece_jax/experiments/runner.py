@@ -76,12 +76,18 @@ class Run:
 
     @property
     def command(self) -> str:
-        """The exact command that trains this run alone; for the popularity ranker (no
-        training, scored inside ``onepiece experiment``), the one that builds its splits."""
+        """The exact command that trains this run alone; for a reference row, the one that
+        prints its scores; for the popularity ranker (no training, scored inside ``onepiece
+        experiment``), the one that builds its splits."""
         config = f"configs/{self.variant.config}"
         if self.variant.trains:
             return shlex.join(["onepiece", "train", "--config", config, "--workdir",
                                str(self.workdir), *self.args])
+        if self.variant.reference:
+            ctx = self.config.context
+            return shlex.join(["onepiece", "data", "ceiling", "--world", self.config.dataset.path,
+                               "--val-fraction", str(ctx.val_fraction), "--test-fraction",
+                               str(ctx.test_fraction)]) + f"  # row {self.variant.reference!r}"
         build = [a for a in self.args if not a.startswith("--config.dataset.build_dir=")]
         return (f"# popularity ranker, window {self.variant.popularity_window} s, on the splits "
                 "of: " + shlex.join(["onepiece", "data", "build", "--config", config, "--out",
@@ -92,6 +98,15 @@ def digest(value: Any) -> str:
     """12 hex digits of the SHA-256 of a JSON-able value (keys sorted)."""
     text = json.dumps(value, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def run_digest(config: Mapping[str, Any], variant: Variant) -> str:
+    """What a finished run is cached under: its config, and for a training-free row what
+    scores it (the popularity window, the reference), which the config does not hold."""
+    if variant.trains:
+        return digest(config)
+    return digest({"config": config, "popularity_window": variant.popularity_window,
+                   "reference": variant.reference})
 
 
 def override_args(overrides: Mapping[str, Any]) -> list[str]:
@@ -122,21 +137,18 @@ def data_location(key: str, budget: str, *, data_dir: Path, out: Path) -> Path:
 def ensure_data(key: str, budget: str, *, data_dir: Path, out: Path) -> Path:
     """The dataset's path, after generating synthetic logs or fetching a fetchable dataset if
     missing; a missing public file is an error that says where to get it."""
-    from onepiece_jax.data.readers.synthetic import SynthConfig, generate_synthetic
+    from onepiece_jax.data.readers.synthetic import WORLD_FILE, SynthConfig, generate_synthetic
 
     dataset = DATASETS[key]
     path = data_location(key, budget, data_dir=data_dir, out=out)
     if dataset.synthetic:
-        done = path / "synth.json"
+        done = path / WORLD_FILE
         if not done.is_file():
             users, items = get_budget(budget).synthetic[dataset.size]
             scratch = path.with_name(path.name + ".partial")
             shutil.rmtree(scratch, ignore_errors=True)
             generate_synthetic(scratch, num_users=users, num_items=items, seed=SYNTHETIC_SEED,
                                config=SynthConfig(**dict(dataset.synth)))
-            (scratch / "synth.json").write_text(json.dumps(
-                {"users": users, "items": items, "seed": SYNTHETIC_SEED,
-                 "knobs": dict(dataset.synth)}, indent=1))
             shutil.rmtree(path, ignore_errors=True)
             scratch.rename(path)
         return path
@@ -169,7 +181,7 @@ def resolve_run(suite: Suite, variant: Variant, seed: int, budget: str, *, data_
     args.append(f"--config.dataset.build_dir={build_dir}")
     workdir = Path(out) / suite.name / variant.name / f"seed{seed}"
     return Run(suite.name, variant, seed, budget, config, tuple(args), workdir,
-               digest(config.to_dict()))
+               run_digest(config.to_dict(), variant))
 
 
 def plan_runs(suite: Suite, *, seeds: int, budget: str, out: Path, data_dir: Path,
@@ -216,7 +228,7 @@ def _same_config(record: Mapping[str, Any], run: Run) -> bool:
         stored = json.loads(saved.read_text())
     if not isinstance(stored, Mapping):
         return False
-    return digest(with_defaults(stored, base_config().to_dict())) == run.digest
+    return run_digest(with_defaults(stored, base_config().to_dict()), run.variant) == run.digest
 
 
 def _move_aside(run: Run) -> Path:
@@ -237,7 +249,7 @@ def _write_record(run: Run, **fields: Any) -> None:
 
 
 def execute(run: Run, *, attention: bool = False) -> str:
-    """Brings one run to ``done``: trains (or resumes), or scores the popularity ranker; with
+    """Brings one run to ``done``: trains (or resumes), or scores a training-free row; with
     ``attention`` also saves its segment-averaged attention maps. Returns what it did."""
     import jax
 
@@ -253,7 +265,7 @@ def execute(run: Run, *, attention: bool = False) -> str:
     _write_record(run, status="running", seconds=previous)
     start = time.perf_counter()
     try:
-        outcome = _train(run) if run.variant.trains else _score_popularity(run)
+        outcome = _train(run) if run.variant.trains else _score_without_training(run)
     except BaseException as e:
         e.add_note(f"while running suite {run.suite!r}, variant {run.variant.name!r}, seed "
                    f"{run.seed} in {run.workdir}")
@@ -279,16 +291,35 @@ def _train(run: Run) -> str:
     return "preempted" if out.get("preempted") else "trained"
 
 
-def _score_popularity(run: Run) -> str:
-    from onepiece_jax.experiments.popularity import evaluate_popularity
-    from onepiece_jax.train.loop import ensure_built
+def _score_without_training(run: Run) -> str:
+    """A reference row (scored on the raw logs) or the popularity ranker (on the run's
+    build), written as a trained run's files are, so that reports read both alike."""
+    if run.variant.reference:
+        result = _reference_result(run)
+    else:
+        from onepiece_jax.experiments.popularity import evaluate_popularity
+        from onepiece_jax.train.loop import ensure_built
 
-    build = ensure_built(run.config, run.workdir)
-    result = evaluate_popularity(run.config, build, int(run.variant.popularity_window))
+        build = ensure_built(run.config, run.workdir)
+        result = evaluate_popularity(run.config, build, int(run.variant.popularity_window))
     (run.workdir / "config.json").write_text(run.config.to_json_best_effort(indent=1))
     (run.workdir / "history.json").write_text("[]")
     (run.workdir / "results.json").write_text(json.dumps(result, indent=1))
     return "scored"
+
+
+def _reference_result(run: Run) -> dict[str, Any]:
+    from onepiece_jax.eval.ceiling import reference_row, world_ceiling
+
+    ctx, name = run.config.context, run.variant.reference
+    ceiling = world_ceiling(run.config.dataset.path, val_fraction=ctx.val_fraction,
+                            test_fraction=ctx.test_fraction)
+    how = ("a logistic regression on hand-made features, fit on the training requests"
+           if name == "feature_floor" else f"the generator's own odds ({name})")
+    protocol = (f"{run.config.dataset.name} | test | time split | all candidates of a request "
+                f"| AUC, GAUC per request (one-class requests skipped) | {how}")
+    return {"protocol": protocol, "split": "test",
+            "metrics": reference_row(ceiling, name, ctx.test_fraction)}
 
 
 def _save_attention(run: Run) -> None:

@@ -144,6 +144,9 @@ class Variant:
 
     ``popularity_window`` (seconds; 0 = every earlier training event) makes it the
     training-free time-aware popularity ranker, evaluated on the splits of ``config``.
+    ``reference`` (synthetic ranking logs only) makes it a training-free reference point on
+    the same test split: ``feature_floor`` (a feature logistic regression) or ``oracle`` (the
+    generator's own odds), from ``eval/ceiling.py``.
     ``series`` and ``x`` place it on a line plot (x = the swept value).
     """
 
@@ -153,12 +156,13 @@ class Variant:
     config: str
     overrides: Mapping[str, Any] = dataclasses.field(default_factory=_frozen)
     popularity_window: int | None = None
+    reference: str = ""
     series: str = ""
     x: float | None = None
 
     @property
     def trains(self) -> bool:
-        return self.popularity_window is None
+        return self.popularity_window is None and not self.reference
 
 
 @dataclasses.dataclass(frozen=True)
@@ -207,6 +211,22 @@ RANKING = "synthetic_search_ranking.py"
 # Single-token reasoning (ReaRec) has K=2 steps, not one per task: every task on the last step.
 _REAREC_LOSS = {"loss.strategy": "last_step"}
 
+_RANKING_REFERENCE = (" The feature floor and oracle rows are not models: the floor is a "
+                      "logistic regression on five hand-made features (the user's share of "
+                      "events in the candidate's leaf, the request's share of candidates in it, "
+                      "brand and shop positive rates), the oracle scores candidates by the "
+                      "generator's own odds (`eval/ceiling.py`; `onepiece data ceiling --world "
+                      "W` prints both).")
+REFERENCES = ("feature_floor", "oracle")
+
+
+def _references(prefix: str) -> list[Variant]:
+    """The synthetic ranking test split's floor and ceiling, scored beside the models."""
+    return [Variant(f"{prefix}feature_floor", "reference: feature floor (logistic regression)",
+                    "synthetic", RANKING, reference="feature_floor"),
+            Variant(f"{prefix}oracle", "reference: oracle (the generator's odds)", "synthetic",
+                    RANKING, reference="oracle")]
+
 
 def _baseline_variants(prefix: str, data: str, config: str, mode: str, *, sasrec: str = "",
                        windows: tuple[tuple[str, int], ...] = ()) -> list[Variant]:
@@ -253,7 +273,8 @@ _BASELINE_ROWS = (
                          sasrec="beauty_sasrec.py", windows=(("all", 0),))
     + _baseline_variants("synth_retrieval", "synthetic", RETRIEVAL, "retrieval",
                          sasrec="synthetic_search_sasrec.py", windows=_DAY_WEEK)
-    + _baseline_variants("synth_ranking", "synthetic", RANKING, "ranking", windows=_DAY_WEEK))
+    + _baseline_variants("synth_ranking", "synthetic", RANKING, "ranking", windows=_DAY_WEEK)
+    + _references("synth_ranking."))
 
 BASELINES = Suite(
     "baselines", "Baselines vs OnePiece", "Table 2",
@@ -266,11 +287,14 @@ BASELINES = Suite(
         + [Finding(f"OnePiece > popularity ({p})", (f"{p}.onepiece",), (f"{p}.popularity_{w}",))
            for p, w in (("ml100k", "week"), ("beauty", "all"), ("synth_retrieval", "week"),
                         ("synth_ranking", "week"))]
-        + _baseline_findings("synth_ranking", "ranking")),
+        + _baseline_findings("synth_ranking", "ranking")
+        + [Finding("OnePiece > feature floor (synth_ranking)", ("synth_ranking.onepiece",),
+                   ("synth_ranking.feature_floor",))]),
     signals="The popularity rows show how much of any anchor gain is popularity alone: they "
             "rank items by their training interactions in the day / week before the example "
             "(history excluded), with no model. PA should let a model read the same signal "
-            "(query-level top items on the synthetic logs) on top of the user's history.")
+            "(query-level top items on the synthetic logs) on top of the user's history."
+            + _RANKING_REFERENCE)
 
 
 _IH_ID = {"model.use_side_info": False, "model.use_pa": False, "model.use_sd": False,
@@ -363,11 +387,6 @@ RETRIEVAL_STRATEGY = Suite(
             "make the broad task a useful stepping stone.")
 
 
-_RANKING_REFERENCE = (" For scale: `onepiece data ceiling --users U --items I` prints the AUC "
-                      "these logs allow (candidates scored by the generator's own odds) and a "
-                      "feature logistic regression's (`eval/ceiling.py`).")
-
-
 def _ranking_strategy(prefix: str, data: str, config: str) -> list[Variant]:
     rows = [("causal", "causal mask", {"model.base_mask": "causal", "model.reasoning_steps": 0}),
             ("invisible", "bidirectional, CIS inter-invisible",
@@ -395,9 +414,12 @@ def _ranking_findings(prefix: str) -> list[Finding]:
 RANKING_STRATEGY = Suite(
     "ranking_strategy", "Ranking training strategy (synthetic search logs, Taobao slice)",
     "Table 5",
-    tuple(_ranking_strategy("synth", "synthetic", RANKING)
+    tuple(_ranking_strategy("synth", "synthetic", RANKING) + _references("synth.")
           + _ranking_strategy("taobao", "taobao_slice", "taobao_ranking.py")),
-    findings=tuple(_ranking_findings("synth") + _ranking_findings("taobao")),
+    findings=tuple(_ranking_findings("synth")
+                   + [Finding("OnePiece (+3 steps, progressive) > feature floor (synth)",
+                              ("synth.k3_progressive",), ("synth.feature_floor",))]
+                   + _ranking_findings("taobao")),
     signals="Candidates of one request compete (click odds depend on the request's leaf and the "
             "user's taste), so seeing the other candidates tells which leaf the request is "
             "about; the funnel stages are dependent (cart | click, order | cart), which the "
@@ -410,10 +432,11 @@ BLOCK_SIZE = Suite(
     "block_size", "Ranking block size M = C (synthetic search logs)", "Table 6",
     tuple(Variant(f"m{c}", f"M = C = {c}", "synthetic", RANKING,
                   _frozen({"context.num_candidates": c}), series="OnePiece (K=3, progressive)",
-                  x=c) for c in (1, 4, 8, 12)),
+                  x=c) for c in (1, 4, 8, 12)) + tuple(_references("")),
     findings=(Finding("M=4 > M=1", ("m4",), ("m1",), paper="C-AUC 0.885 → 0.913"),
               Finding("M=8 > M=4", ("m8",), ("m4",), paper="C-AUC 0.913 → 0.920"),
-              Finding("M=12 > M=8", ("m12",), ("m8",), paper="C-AUC 0.920 → 0.927")),
+              Finding("M=12 > M=8", ("m12",), ("m8",), paper="C-AUC 0.920 → 0.927"),
+              Finding("M=12 > feature floor", ("m12",), ("feature_floor",))),
     signals="A request shows up to 20 candidates, mostly from the searched leaf; a group of C "
             "of them is one forward pass, so larger groups let each candidate see more of the "
             "request (which leaf it targets, how the candidates compare) and give the "
@@ -576,6 +599,11 @@ def check_suite(suite: Suite) -> None:
         if v.data not in DATASETS:
             raise ValueError(f"suite {suite.name!r}, variant {v.name!r}: unknown dataset "
                              f"{v.data!r}; expected one of {sorted(DATASETS)}")
+        if v.reference and (v.reference not in REFERENCES or not DATASETS[v.data].synthetic
+                            or v.popularity_window is not None):
+            raise ValueError(f"suite {suite.name!r}, variant {v.name!r}: reference="
+                             f"{v.reference!r} needs one of {list(REFERENCES)} on synthetic "
+                             "logs, without a popularity window")
     for f in suite.findings:
         if f.expect not in ("gain", "none"):
             raise ValueError(f"suite {suite.name!r}, finding {f.claim!r}: expect={f.expect!r}, "

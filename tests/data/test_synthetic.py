@@ -3,6 +3,8 @@ planted structure (user category preferences, query → category, shared clock, 
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
@@ -12,6 +14,8 @@ from onepiece_jax.data.readers.synthetic import (
     META_FILE,
     SynthConfig,
     generate_synthetic,
+    simulate_requests,
+    world_arguments,
 )
 
 
@@ -26,6 +30,24 @@ def test_deterministic_by_seed(tmp_path, synthetic_dir):
     for name in (BEHAVIOR_FILE, META_FILE):
         assert (again / name).read_bytes() == (synthetic_dir / name).read_bytes()
         assert (other / name).read_bytes() != (synthetic_dir / name).read_bytes()
+
+
+def test_a_world_records_the_arguments_that_replay_it(tmp_path):
+    cfg = SynthConfig(category_fanout=(3, 3, 2, 2), query_intent=False)
+    world = generate_synthetic(tmp_path, num_users=120, num_items=1500, seed=4, config=cfg,
+                               chunk_users=50)
+    args = world_arguments(world)
+    assert args == {"num_users": 120, "num_items": 1500, "seed": 4, "config": cfg,
+                    "chunk_users": 50}
+    stored = json.loads((world / "synth.json").read_text())
+    assert stored["knobs"] == {"category_fanout": [3, 3, 2, 2], "query_intent": False}
+    label = np.concatenate([p["label"] for p in simulate_requests(**args)])
+    np.testing.assert_array_equal(label, read_dataset("jdsearch", world).requests.cand_label)
+    (world / "synth.json").write_text(json.dumps({**stored, "knobs": {"warp": 9}}))
+    with pytest.raises(ValueError, match="unknown synthetic knobs \\['warp'\\]"):
+        world_arguments(world)
+    with pytest.raises(FileNotFoundError, match="not a world"):
+        world_arguments(tmp_path / "elsewhere")
 
 
 def test_reads_back_as_jdsearch(log):

@@ -17,10 +17,13 @@ from onepiece_jax.data.readers.synthetic import (
     simulate_requests,
 )
 from onepiece_jax.eval.ceiling import (
+    FLOOR_ROW,
     _events_before,
     feature_ranker,
     ranking_ceiling,
+    reference_row,
     task_log_prob,
+    world_ceiling,
 )
 
 
@@ -83,6 +86,30 @@ def test_feature_ranker_names_a_missing_feature(synthetic_dir):
     log = read_dataset("jdsearch", synthetic_dir)
     with pytest.raises(ValueError, match="'genre'"):
         feature_ranker(log, leaf="genre")
+
+
+def test_a_written_world_replays_to_the_same_ceiling_and_names_its_rows(tmp_path, ceiling):
+    world = generate_synthetic(tmp_path, num_users=1000, num_items=2000, seed=1)
+    assert world_ceiling(world) == ceiling
+    assert reference_row(ceiling, "feature_floor", 0.1) == ceiling["floor"][FLOOR_ROW]
+    assert reference_row(ceiling, "oracle", 0.1) == ceiling["latest 10% (test split)"]["oracle"]
+    with pytest.raises(ValueError, match="'best'"):
+        reference_row(ceiling, "best", 0.1)
+
+
+def test_cli_scores_a_generated_world_and_refuses_mixed_arguments(tmp_path, capsys):
+    world = generate_synthetic(tmp_path, num_users=200, num_items=2000, seed=3,
+                               config=SynthConfig(query_boost=2.0))
+    assert cli.main(["data", "ceiling", "--world", str(world), "--test-fraction", "0.2"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out == ranking_ceiling(200, 2000, seed=3, config=SynthConfig(query_boost=2.0),
+                                  test_fraction=0.2)
+    assert cli.main(["data", "ceiling", "--world", str(world), "--seed", "3"]) == 2
+    assert "drop --seed" in capsys.readouterr().err
+    assert cli.main(["data", "ceiling", "--users", "200"]) == 2
+    assert "--users and --items" in capsys.readouterr().err
+    assert cli.main(["data", "ceiling", "--world", str(tmp_path / "none")]) == 2
+    assert "synth.json not found" in capsys.readouterr().err
 
 
 def test_cli_prints_the_ceiling_as_json(capsys):

@@ -210,6 +210,27 @@ def test_popularity_variant_is_scored_without_training(tmp_path):
     assert execute(run) == "cached"
 
 
+def test_reference_rows_are_the_worlds_floor_and_oracle_on_the_runs_test_split(tmp_path):
+    from onepiece_jax.eval.ceiling import reference_row, world_ceiling
+
+    suite = Suite("ref", "t", "p", tuple(
+        Variant(name, name, "synthetic", RANKING, reference=name)
+        for name in ("feature_floor", "oracle")))
+    runs = plan_runs(suite, seeds=1, budget="tiny", out=tmp_path, data_dir=tmp_path)
+    world = runs[0].config.dataset.path
+    ceiling = world_ceiling(world, val_fraction=0.1, test_fraction=0.1)
+    for run in runs:
+        assert execute(run) == "scored" and not (run.workdir / "checkpoints").exists()
+        result = json.loads((run.workdir / "results.json").read_text())
+        assert result["split"] == "test" and "time split" in result["protocol"]
+        assert result["metrics"] == reference_row(ceiling, run.variant.reference, 0.1)
+        assert run.command.startswith(f"onepiece data ceiling --world {world} --val-fraction "
+                                      "0.1 --test-fraction 0.1")
+    floor, oracle = (json.loads((r.workdir / "results.json").read_text())["metrics"]
+                     for r in runs)
+    assert 0.5 < floor["click/AUC"] < oracle["click/AUC"]
+
+
 def test_smallest_suite_end_to_end_on_the_tiny_budget(tmp_path, monkeypatch):
     """The attention suite (2 variants: retrieval and ranking OnePiece) trains, two run
     processes at once, saves attention maps and reports; running it again trains nothing."""

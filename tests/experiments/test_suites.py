@@ -74,6 +74,10 @@ def test_medium_budget_caps_epochs_but_keeps_each_configs_recipe(tmp_path):
            findings=(Finding("f", ("a",), ("zz",)),)), "unknown variant 'zz'"),
     (Suite("s", "t", "p", (Variant("a", "A", "synthetic", "x.py"),),
            findings=(Finding("f", ("a",), (), expect="maybe"),)), "expect='maybe'"),
+    (Suite("s", "t", "p", (Variant("a", "A", "synthetic", "x.py", reference="ceiling"),)),
+     "reference='ceiling'"),
+    (Suite("s", "t", "p", (Variant("a", "A", "ml100k", "x.py", reference="oracle"),)),
+     "on synthetic logs"),
 ])
 def test_bad_suites_are_refused(suite, message):
     with pytest.raises(ValueError, match=message):
@@ -81,8 +85,8 @@ def test_bad_suites_are_refused(suite, message):
 
 
 def test_suites_encode_the_papers_sweeps():
-    block = get_suite("block_size")
-    assert [v.overrides["context.num_candidates"] for v in block.variants] == [1, 4, 8, 12]
+    block = [v for v in get_suite("block_size").variants if v.trains]
+    assert [v.overrides["context.num_candidates"] for v in block] == [1, 4, 8, 12]
     pa = [v for v in get_suite("context").variants if v.name.startswith("pa")]
     assert [3 * v.overrides["context.pa_group_size"] for v in pa] == [9, 21, 30, 60, 90]
     scaling = get_suite("data_scaling").variants
@@ -91,6 +95,13 @@ def test_suites_encode_the_papers_sweeps():
     labels = {v.label for v in get_suite("baselines").variants}
     assert labels >= {"SASRec", "HSTU", "HSTU+PA", "ReaRec", "ReaRec+PA", "OnePiece",
                       "Popularity (day)", "Popularity (week)"}
+    for name, model in (("baselines", "synth_ranking.onepiece"), ("block_size", "m12"),
+                        ("ranking_strategy", "synth.k3_progressive")):
+        suite = get_suite(name)  # each synthetic ranking table has its floor and oracle rows
+        assert sorted(v.reference for v in suite.variants if v.reference) == ["feature_floor",
+                                                                              "oracle"]
+        assert any(f.plus == (model,) and f.minus[0].endswith("feature_floor")
+                   for f in suite.findings)
 
 
 def test_controls_run_on_worlds_without_the_planted_signal():

@@ -38,6 +38,7 @@ What is planted (all knobs in :class:`SynthConfig`):
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -49,6 +50,7 @@ from onepiece_jax.data.readers.jdsearch import HEADER, TERM_SEP
 
 BEHAVIOR_FILE = "user_behavior_data.txt"
 META_FILE = "product_meta_data.txt"
+WORLD_FILE = "synth.json"  # the generator's arguments: what replays the world
 META_HEADER = ("wid", "name", "brand_id", "brand_name", "cate_id_1", "cate_name_1", "cate_id_2",
                "cate_name_2", "cate_id_3", "cate_name_3", "cate_id_4", "cate_name_4", "shop_id")
 TYPE_NAMES = np.array([b"", b"CLICK", b"CART", b"ORD", b"FLW"])  # by level, FLW appended
@@ -133,7 +135,34 @@ def generate_synthetic(out_dir: str | Path, num_users: int, num_items: int, seed
         f.write(b"\t".join(h.encode() for h in HEADER) + b"\n")
         for _, n, rng in _user_chunks(num_users, chunk_users, seed):
             f.write(world.user_lines(rng, n))
+    knobs = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg)
+             if getattr(cfg, f.name) != f.default}
+    (out / WORLD_FILE).write_text(json.dumps(
+        {"users": num_users, "items": num_items, "seed": seed, "chunk_users": chunk_users,
+         "knobs": knobs}, indent=1))
     return out
+
+
+def world_arguments(folder: str | Path) -> dict[str, Any]:
+    """The arguments ``generate_synthetic`` wrote ``folder`` with (from its ``synth.json``), as
+    keyword arguments of ``simulate_requests``: what replays the world's requests."""
+    path = Path(folder) / WORLD_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: {folder} is not a world written by "
+                                "generate_synthetic (`onepiece data synth`)")
+    stored = json.loads(path.read_text())
+    knobs = stored.get("knobs", {})
+    names = {f.name for f in dataclasses.fields(SynthConfig)}
+    unknown = sorted(set(knobs) - names)
+    if unknown:
+        raise ValueError(f"{path}: unknown synthetic knobs {unknown}")
+    knobs = {k: tuple(v) if isinstance(v, list) else v for k, v in knobs.items()}
+    try:
+        return {"num_users": int(stored["users"]), "num_items": int(stored["items"]),
+                "seed": int(stored["seed"]), "config": SynthConfig(**knobs),
+                "chunk_users": int(stored.get("chunk_users", 20_000))}
+    except KeyError as e:
+        raise ValueError(f"{path}: missing field {e.args[0]!r}") from None
 
 
 def _user_chunks(num_users: int, chunk_users: int,
