@@ -11,7 +11,7 @@ import dataclasses
 import datetime
 import json
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -187,8 +187,9 @@ def plot_bars(labels: Sequence[str], stats: Sequence[Stat], metric: str, title: 
 
 
 def plot_lines(series: dict[str, list[tuple[float, Stat]]], metric: str, x_label: str,
-               title: str, path: Path) -> None:
-    """One line per series (x = the swept value), ±std error bars."""
+               title: str, path: Path, references: Mapping[str, Stat] | None = None) -> None:
+    """One line per series (x = the swept value), ±std error bars; each reference row (not a
+    model: a floor, a ceiling) a dashed horizontal line."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6.5, 4.2))
     for name, points in series.items():
@@ -200,6 +201,9 @@ def plot_lines(series: dict[str, list[tuple[float, Stat]]], metric: str, x_label
                     yerr=[s.std if s.n > 1 else 0.0 for _, s in points],
                     marker="o", capsize=3, label=name)
         ax.set_xticks(xs)
+    for (name, ref), color in zip((references or {}).items(), ("0.45", "0.2"), strict=False):
+        if ref.n:
+            ax.axhline(ref.mean, linestyle="--", linewidth=1, color=color, label=name)
     ax.set_xlabel(x_label)
     ax.set_ylabel(f"test {metric} (mean ± std over seeds)")
     ax.set_title(title, fontsize=9)
@@ -223,10 +227,12 @@ def _group_section(suite: Suite, key: tuple[str, str], variants: list[Variant],
     columns = table_columns(mine)
     stats = {v.name: {m: stat(list(metric_values(mine, v.name, m).values())) for m in columns}
              for v in variants}
-    best = {m: max((s[m].mean for s in stats.values() if s[m].n), default=None) for m in columns}
+    models = [stats[v.name] for v in variants if not v.reference]  # a ceiling is not a winner
+    best = {m: max((s[m].mean for s in models if s[m].n), default=None) for m in columns}
     rows = []
     for v in variants:
-        cells = [f"**{c}**" if stats[v.name][m].n and stats[v.name][m].mean == best[m] else c
+        cells = [f"**{c}**" if not v.reference and stats[v.name][m].n
+                 and stats[v.name][m].mean == best[m] else c
                  for m, c in ((m, stats[v.name][m].text()) for m in columns)]
         n = max((s.n for s in stats[v.name].values()), default=0)
         rows.append([v.label, *cells, str(n)])
@@ -240,8 +246,9 @@ def _group_section(suite: Suite, key: tuple[str, str], variants: list[Variant],
                 labels.append(r.variant.label)
     for protocol, labels in protocols.items():
         lines.append(f"- protocol ({', '.join(labels)}): `{protocol}`")
+    among = " among the models (reference rows are not)" * any(v.reference for v in variants)
     lines += ["- cells: mean ± sample std over seeds (test split, best-validation checkpoint); "
-              "bold = best mean in the column", ""]
+              f"bold = best mean in the column{among}", ""]
     headline = next((r.headline for r in mine), "")
     name = f"{slug(data)}_{mode}"
     if headline and any(stats[v.name][headline].n for v in variants):
@@ -254,7 +261,8 @@ def _group_section(suite: Suite, key: tuple[str, str], variants: list[Variant],
                 series.setdefault(v.series, []).append((float(v.x), stats[v.name][headline]))
         if series:
             plot_lines(series, headline, suite.x_label, f"{suite.name}: {title}",
-                       out_dir / f"{name}_curve.png")
+                       out_dir / f"{name}_curve.png",
+                       {v.label: stats[v.name][headline] for v in variants if v.reference})
             lines += [f"![{title}, curve]({name}_curve.png)", ""]
     summary = {v.name: {m: dataclasses.asdict(s) for m, s in stats[v.name].items()}
                for v in variants}

@@ -85,3 +85,20 @@ def test_report_has_tables_findings_protocol_commands_and_plots(tmp_path):
         assert png.stat().st_size > 5000 and png.read_bytes()[:4] == b"\x89PNG"
     assert summary["variants"]["b"]["NDCG@10"]["n"] == 3
     assert summary["findings"][0]["verdict"] == "reproduced"
+
+
+def test_a_reference_row_is_tabled_and_drawn_but_never_the_best(tmp_path, monkeypatch):
+    from onepiece_jax.experiments import report
+
+    ceiling = Variant("ceil", "reference: ceiling", "synthetic", "x.py", reference="oracle")
+    suite = Suite("demo", "Demo suite", "Table 9", (*VARIANTS, ceiling), x_label="swept value")
+    records = _records(tmp_path, [0.10, 0.12], [0.20, 0.22]) + [
+        _record(ceiling, s, 0.9, tmp_path) for s in range(2)]
+    drawn = {}
+    monkeypatch.setattr(report, "plot_lines", lambda *a, **k: drawn.update(refs=a[5]))
+    text, _ = render_report(suite, records, budget="small", seeds=2,
+                            command="onepiece experiment --suite demo", out_dir=tmp_path)
+    assert "| reference: ceiling | 0.4500 ± 0.0000 | 0.9000 ± 0.0000 |" in text
+    assert "| Model B | **0.1050 ± 0.0071** | **0.2100 ± 0.0141** |" in text
+    assert "bold = best mean in the column among the models (reference rows are not)" in text
+    assert {k: v.mean for k, v in drawn["refs"].items()} == {"reference: ceiling": 0.9}
