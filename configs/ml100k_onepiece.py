@@ -24,6 +24,9 @@ def get_config():
     c.context.pool_window = 5
     c.model.reasoning_steps = 2
     c.model.dropout = 0.2
+    # lecun_normal dense kernels (README, "Results on MovieLens-100K"): over seeds 0-2 test
+    # NDCG@10 0.1001 ± 0.0053 against 0.0892 ± 0.0011 at N(0, 0.02²), and higher validation
+    c.model.dense_init = "lecun_normal"
     c.loss.eta = 1.0
     c.loss.negatives.update(uniform=0, popular=0, same_category=0, in_batch=False, catalogue=True)
     c.train.epochs = 30
