@@ -159,14 +159,17 @@ def _pyplot():
 
 
 def plot_bars(labels: Sequence[str], stats: Sequence[Stat], metric: str, title: str,
-              path: Path) -> None:
-    """Horizontal bars (long labels stay legible), mean with a ±std error bar."""
+              path: Path, muted: Sequence[bool] = ()) -> None:
+    """Horizontal bars (long labels stay legible), mean with a ±std error bar; ``muted`` bars
+    (reference rows, not models) are grey."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7.5, 1.2 + 0.42 * len(labels)))
     y = np.arange(len(labels))
     means = [s.mean if s.n else 0.0 for s in stats]
     errors = [s.std if s.n > 1 else 0.0 for s in stats]
-    ax.barh(y, means, xerr=errors, color="tab:blue", alpha=0.8, capsize=3)
+    grey = list(muted) + [False] * (len(labels) - len(muted))
+    ax.barh(y, means, xerr=errors, color=["0.6" if g else "tab:blue" for g in grey], alpha=0.8,
+            capsize=3)
     for yi, mean, err, s in zip(y, means, errors, stats, strict=True):
         if s.n:  # the value right of its error bar
             ax.text(mean + err, yi, f"  {mean:.4f}", va="center", fontsize=8)
@@ -253,7 +256,8 @@ def _group_section(suite: Suite, key: tuple[str, str], variants: list[Variant],
     name = f"{slug(data)}_{mode}"
     if headline and any(stats[v.name][headline].n for v in variants):
         plot_bars([v.label for v in variants], [stats[v.name][headline] for v in variants],
-                  headline, f"{suite.name}: {title}", out_dir / f"{name}.png")
+                  headline, f"{suite.name}: {title}", out_dir / f"{name}.png",
+                  [bool(v.reference) for v in variants])
         lines += [f"![{title}]({name}.png)", ""]
         series: dict[str, list[tuple[float, Stat]]] = {}
         for v in variants:

@@ -96,9 +96,11 @@ def test_a_reference_row_is_tabled_and_drawn_but_never_the_best(tmp_path, monkey
         _record(ceiling, s, 0.9, tmp_path) for s in range(2)]
     drawn = {}
     monkeypatch.setattr(report, "plot_lines", lambda *a, **k: drawn.update(refs=a[5]))
+    monkeypatch.setattr(report, "plot_bars", lambda *a, **k: drawn.update(muted=a[5]))
     text, _ = render_report(suite, records, budget="small", seeds=2,
                             command="onepiece experiment --suite demo", out_dir=tmp_path)
     assert "| reference: ceiling | 0.4500 ± 0.0000 | 0.9000 ± 0.0000 |" in text
     assert "| Model B | **0.1050 ± 0.0071** | **0.2100 ± 0.0141** |" in text
     assert "bold = best mean in the column among the models (reference rows are not)" in text
     assert {k: v.mean for k, v in drawn["refs"].items()} == {"reference: ceiling": 0.9}
+    assert drawn["muted"] == [False, False, True]  # the reference bar is grey
