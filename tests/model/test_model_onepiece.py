@@ -85,7 +85,7 @@ def test_default_attention_matches_the_library_kernel(tiny, mode):
     (``attention_impl='xla'``) are the same function: same parameters, same outputs, a fully
     padded example included."""
     batch, catalog = tiny.batch(mode), tiny.catalog()
-    batch = {k: v.at[0].set(0) for k, v in batch.items()}
+    batch = {k: v.at[0].set(jnp.zeros((), v.dtype)) for k, v in batch.items()}  # bools too
     ours, variables = tiny.init(tiny.config(mode), batch, catalog)
     library, library_vars = tiny.init(tiny.config(mode, attention_impl="xla"), batch, catalog)
     assert jax.tree.structure(variables) == jax.tree.structure(library_vars)
