@@ -86,6 +86,14 @@ def evaluate_ranking(score_fn: Callable[[dict], jax.Array], arrays: dict, *,
 
 
 def ranking_protocol_string(dataset: str, split: str, group_size: int, seed: int = 0) -> str:
-    """How a ranking number was obtained (SPEC §5: always printed with the number)."""
-    return (f"{dataset} | {split} | time split | random candidate groups of C={group_size} "
-            f"(seed {seed}) | AUC, GAUC per request (one-class requests skipped)")
+    """How a model's ranking number was obtained (SPEC §5: always printed with the number)."""
+    return ranking_protocol(dataset, split,
+                            f"random candidate groups of C={group_size} (seed {seed})")
+
+
+def ranking_protocol(dataset: str, split: str, candidates: str, scorer: str = "") -> str:
+    """The ranking protocol line: ``candidates`` says how a request's candidates were scored
+    together, ``scorer`` names a training-free scorer (popularity, a reference row)."""
+    text = (f"{dataset} | {split} | time split | {candidates} | AUC, GAUC per request "
+            "(one-class requests skipped)")
+    return f"{text} | {scorer}" if scorer else text

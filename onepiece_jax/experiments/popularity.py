@@ -27,7 +27,7 @@ from onepiece_jax.data.tfds_builder import dataset_label
 from onepiece_jax.eval.metrics import RetrievalMetrics
 from onepiece_jax.eval.ranking import RankingEvaluator
 from onepiece_jax.eval.retrieval import protocol_string
-from onepiece_jax.eval.runner import eval_subset
+from onepiece_jax.eval.runner import eval_subset, ranking_protocol
 
 BUCKET_SECONDS = 3600
 
@@ -160,7 +160,6 @@ def evaluate_popularity(config, build_dir: str | Path, window: int, *, split: st
     ev = RankingEvaluator(tuple(config.tasks))
     ev.update(scores, arrays["cis_label"], arrays["cis_item"] > 0,
               np.ones(scores.shape[0], bool), arrays["request"])
-    protocol = (f"{data.spec['dataset']} | {split} | time split | all candidates of a request "
-                f"(scores do not depend on grouping) | AUC, GAUC per request (one-class "
-                f"requests skipped) | {how}")
+    protocol = ranking_protocol(data.spec["dataset"], split, "all candidates of a request "
+                                "(scores do not depend on grouping)", how)
     return {"protocol": protocol, "split": split, "metrics": ev.result()}

@@ -159,7 +159,7 @@ def _pyplot():
 
 
 def plot_bars(labels: Sequence[str], stats: Sequence[Stat], metric: str, title: str,
-              path: Path, muted: Sequence[bool] = ()) -> None:
+              path: Path, muted: Sequence[bool] | None = None) -> None:
     """Horizontal bars (long labels stay legible), mean with a ±std error bar; ``muted`` bars
     (reference rows, not models) are grey."""
     plt = _pyplot()
@@ -167,9 +167,8 @@ def plot_bars(labels: Sequence[str], stats: Sequence[Stat], metric: str, title: 
     y = np.arange(len(labels))
     means = [s.mean if s.n else 0.0 for s in stats]
     errors = [s.std if s.n > 1 else 0.0 for s in stats]
-    grey = list(muted) + [False] * (len(labels) - len(muted))
-    ax.barh(y, means, xerr=errors, color=["0.6" if g else "tab:blue" for g in grey], alpha=0.8,
-            capsize=3)
+    colors = ["0.6" if g else "tab:blue" for g in (muted or [False] * len(labels))]
+    ax.barh(y, means, xerr=errors, color=colors, alpha=0.8, capsize=3)
     for yi, mean, err, s in zip(y, means, errors, stats, strict=True):
         if s.n:  # the value right of its error bar
             ax.text(mean + err, yi, f"  {mean:.4f}", va="center", fontsize=8)
@@ -249,7 +248,8 @@ def _group_section(suite: Suite, key: tuple[str, str], variants: list[Variant],
                 labels.append(r.variant.label)
     for protocol, labels in protocols.items():
         lines.append(f"- protocol ({', '.join(labels)}): `{protocol}`")
-    among = " among the models (reference rows are not)" * any(v.reference for v in variants)
+    among = (" among the models (reference rows are not)" if any(v.reference for v in variants)
+             else "")
     lines += ["- cells: mean ± sample std over seeds (test split, best-validation checkpoint); "
               f"bold = best mean in the column{among}", ""]
     headline = next((r.headline for r in mine), "")

@@ -310,14 +310,15 @@ def _score_without_training(run: Run) -> str:
 
 def _reference_result(run: Run) -> dict[str, Any]:
     from onepiece_jax.eval.ceiling import reference_row, world_ceiling
+    from onepiece_jax.eval.runner import ranking_protocol
 
     ctx, name = run.config.context, run.variant.reference
     ceiling = world_ceiling(run.config.dataset.path, val_fraction=ctx.val_fraction,
                             test_fraction=ctx.test_fraction)
     how = ("a logistic regression on hand-made features, fit on the training requests"
            if name == "feature_floor" else f"the generator's own odds ({name})")
-    protocol = (f"{run.config.dataset.name} | test | time split | all candidates of a request "
-                f"| AUC, GAUC per request (one-class requests skipped) | {how}")
+    protocol = ranking_protocol(run.config.dataset.name, "test", "all candidates of a request",
+                                how)
     return {"protocol": protocol, "split": "test",
             "metrics": reference_row(ceiling, name, ctx.test_fraction)}
 
