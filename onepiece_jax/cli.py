@@ -210,7 +210,7 @@ def _experiment(args: argparse.Namespace) -> int:
     try:
         run_suite(args.suite, seeds=args.seeds, budget=args.budget, out=args.out,
                   data_dir=args.data_dir, reports=args.reports, report_only=args.report_only,
-                  jobs=args.jobs)
+                  jobs=args.jobs, variants=args.variants)
     except SuitePreempted as e:
         print(str(e), flush=True)
     except NonFiniteError as e:
@@ -239,6 +239,9 @@ def _add_experiment_parser(subparsers: argparse._SubParsersAction) -> None:
     ex.add_argument("--jobs", type=int, default=1,
                     help="runs at once, each in its own process (on CPU, 2 lets one run compile "
                          "while another trains); logs go to OUT/SUITE/_logs/")
+    ex.add_argument("--variants", nargs="+", default=(), metavar="PATTERN",
+                    help="train only the variants whose names match these shell-style patterns "
+                         "(e.g. 'synth_ranking.*'); the report still lists the whole suite")
     ex.add_argument("--report-only", action="store_true",
                     help="write the report from the finished runs, train nothing")
     ex.add_argument("--list", action="store_true", help="list the suites and exit")

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import fnmatch
 import hashlib
 import json
 import os
@@ -33,7 +34,7 @@ import subprocess
 import sys
 import time
 import traceback
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -184,16 +185,35 @@ def resolve_run(suite: Suite, variant: Variant, seed: int, budget: str, *, data_
                run_digest(config.to_dict(), variant))
 
 
+def select_variants(suite: Suite, patterns: Sequence[str]) -> frozenset[str]:
+    """The names of the suite's variants that match any of the shell-style ``patterns``
+    (``synth_ranking.*``); no patterns selects them all. A pattern that matches nothing is an
+    error, so a typo does not silently run nothing."""
+    names = [v.name for v in suite.variants]
+    if not patterns:
+        return frozenset(names)
+    chosen = set()
+    for pattern in patterns:
+        hits = fnmatch.filter(names, pattern)
+        if not hits:
+            raise ValueError(f"--variants {pattern!r} matches no variant of suite {suite.name!r}; "
+                             f"its variants are {', '.join(names)}")
+        chosen.update(hits)
+    return frozenset(chosen)
+
+
 def plan_runs(suite: Suite, *, seeds: int, budget: str, out: Path, data_dir: Path,
-              prepare: bool = True) -> list[Run]:
+              prepare: bool = True, only: frozenset[str] | None = None) -> list[Run]:
     """Every variant × seed, seed-major (all variants of seed 0 first, so a partial suite is
-    already a complete table with one seed). ``prepare`` generates / fetches missing data."""
+    already a complete table with one seed). ``prepare`` generates / fetches missing data, for
+    the variants in ``only`` when it is given (the others are only located, for the report)."""
     check_suite(suite)
     get_budget(budget)
     if seeds < 1:
         raise ValueError(f"--seeds must be >= 1, got {seeds}")
-    find = ensure_data if prepare else data_location
-    paths = {key: find(key, budget, data_dir=data_dir, out=out)
+    wanted = {v.data for v in suite.variants if only is None or v.name in only}
+    paths = {key: (ensure_data if prepare and key in wanted else data_location)(
+                 key, budget, data_dir=data_dir, out=out)
              for key in dict.fromkeys(v.data for v in suite.variants)}
     return [resolve_run(suite, v, seed, budget, data_path=paths[v.data], out=out)
             for seed in range(seeds) for v in suite.variants]
@@ -342,10 +362,13 @@ def default_command(name: str, *, seeds: int, budget: str, out: Path, data_dir: 
 def run_suite(name: str, *, seeds: int | None = None, budget: str = "small",
               out: str | Path = "runs/experiments", data_dir: str | Path = "data",
               reports: str | Path = "reports", report_only: bool = False,
-              command: str | None = None, jobs: int = 1) -> Path:
+              command: str | None = None, jobs: int = 1,
+              variants: Sequence[str] = ()) -> Path:
     """Runs (or, with ``report_only``, only reports) a suite; returns the report's path.
     ``seeds`` defaults to the budget's (1 for the small smoke run, 3 for full); ``jobs`` > 1
-    runs that many at once, each in its own process (see ``run_in_processes``)."""
+    runs that many at once, each in its own process (see ``run_in_processes``). ``variants``
+    (shell-style patterns) trains only the matching rows of a long suite; the report still
+    covers the whole suite, with the rows not yet run marked as such."""
     from onepiece_jax.experiments.report import write_report
 
     if jobs < 1:
@@ -353,21 +376,24 @@ def run_suite(name: str, *, seeds: int | None = None, budget: str = "small",
     suite = get_suite(name)
     seeds = get_budget(budget).seeds if seeds is None else seeds
     out, data_dir = Path(out), Path(data_dir)
+    only = select_variants(suite, variants)
     runs = plan_runs(suite, seeds=seeds, budget=budget, out=out, data_dir=data_dir,
-                     prepare=not report_only)
+                     prepare=not report_only, only=only)
+    todo = [run for run in runs if run.variant.name in only]
     command = command or default_command(name, seeds=seeds, budget=budget, out=out,
                                          data_dir=data_dir)
     start = time.perf_counter()
     if not report_only and jobs == 1:
-        for i, run in enumerate(runs, 1):
-            print(f"{_heading(i, runs)}: {run_status(run)} → {run.workdir}", flush=True)
+        for i, run in enumerate(todo, 1):
+            print(f"{_heading(i, todo)}: {run_status(run)} → {run.workdir}", flush=True)
             did = execute(run, attention=suite.attention)
-            print(f"[{i}/{len(runs)}] {did}", flush=True)
+            print(f"[{i}/{len(todo)}] {did}", flush=True)
     elif not report_only:
-        run_in_processes(runs, jobs=jobs, attention=suite.attention, data_dir=data_dir)
+        run_in_processes(todo, jobs=jobs, attention=suite.attention, data_dir=data_dir)
     path = write_report(suite, runs, budget=budget, seeds=seeds, command=command,
                         out_dir=Path(reports) / name)
-    print(f"{name}: {len(runs)} runs, {time.perf_counter() - start:.0f} s; report {path}",
+    print(f"{name}: {len(todo)} of {len(runs)} runs, {time.perf_counter() - start:.0f} s; "
+          f"report {path}",
           flush=True)
     return path
 

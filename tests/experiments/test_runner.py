@@ -55,6 +55,8 @@ def test_cli_lists_suites_and_rejects_unknown_names(capsys):
     assert "unknown suite 'table2'" in capsys.readouterr().err
     assert main(["experiment", "--suite", "block_size", "--budget", "huge"]) == 2
     assert "unknown budget 'huge'" in capsys.readouterr().err
+    assert main(["experiment", "--suite", "block_size", "--variants", "m1", "m99"]) == 2
+    assert "--variants 'm99' matches no variant of suite 'block_size'" in capsys.readouterr().err
 
 
 def test_missing_public_dataset_says_where_to_get_it(tmp_path):
@@ -208,6 +210,25 @@ def test_popularity_variant_is_scored_without_training(tmp_path):
     result = json.loads((run.workdir / "results.json").read_text())
     assert "popularity ranker" in result["protocol"] and "click/AUC" in result["metrics"]
     assert execute(run) == "cached"
+
+
+def test_variant_patterns_run_only_the_matching_rows_and_the_report_keeps_the_rest(
+        tmp_path, monkeypatch, capsys):
+    suite = Suite("pop", "t", "p", tuple(
+        Variant(f"pop.{tag}", tag, "synthetic", RANKING, popularity_window=window)
+        for tag, window in (("day", 86_400), ("week", 7 * 86_400))))
+    monkeypatch.setattr(runner, "get_suite", lambda name: suite)
+    kwargs = dict(seeds=1, budget="tiny", out=tmp_path / "runs", data_dir=tmp_path / "data",
+                  reports=tmp_path / "reports")
+    text = run_suite("pop", variants=["*.week"], **kwargs).read_text()
+    assert "runs finished: 1 of 2" in text
+    assert "| pop.day | 0 | not started |" in text and "| pop.week | 0 | done |" in text
+    assert "pop: 1 of 2 runs" in capsys.readouterr().out
+    with pytest.raises(ValueError, match=r"--variants 'pop\.month' matches no variant of suite "
+                                         r"'pop'; its variants are pop\.day, pop\.week"):
+        run_suite("pop", variants=["pop.day", "pop.month"], **kwargs)
+    assert run_status(plan_runs(suite, seeds=1, budget="tiny", out=tmp_path / "runs",
+                                data_dir=tmp_path / "data")[0]) == "new"
 
 
 def test_reference_rows_are_the_worlds_floor_and_oracle_on_the_runs_test_split(tmp_path):
