@@ -7,6 +7,11 @@ weights are summed over the key tokens of every segment (IH, PA, SD, CIS, R1..RK
 over the valid query tokens of the row's segment and over the batch. The result,
 ``f32[layers, heads, segments, segments]`` with rows summing to 1 (softmax attention), is saved as
 ``WORKDIR/attention.npz`` and plotted as one grid of heatmaps per mode.
+
+A segment's raw share says little by itself: 50 history tokens get more mass than 3 SD tokens
+even under uniform attention. So the same average is taken of uniform weights over each row's
+visible keys (the model's own mask), ``f32[segments, segments]``, saved beside the maps as
+``uniform``; the report prints both, and their ratio is how strongly a segment is sought out.
 """
 
 from __future__ import annotations
@@ -59,9 +64,16 @@ def segment_maps(weights: np.ndarray, segment_ids: np.ndarray, valid: np.ndarray
     return (numer / np.maximum(count, 1.0)[None, :, None]).astype(np.float32)
 
 
+def uniform_weights(visible: np.ndarray) -> np.ndarray:
+    """``visible: bool[B, T, T]`` → ``[B, 1, T, T]``: each row spread evenly over its keys."""
+    weights = visible.astype(np.float64)
+    return (weights / weights.sum(axis=-1, keepdims=True))[:, None]
+
+
 def attention_maps(workdir: str | Path, *, split: str = "validation",
-                   examples: int = MAX_EXAMPLES) -> tuple[list[str], np.ndarray]:
-    """Segment names and maps ``f32[L, H, S, S]`` of a workdir's best checkpoint."""
+                   examples: int = MAX_EXAMPLES) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """Segment names, maps ``f32[L, H, S, S]`` of a workdir's best checkpoint and the uniform
+    maps ``f32[S, S]`` over the same examples and mask."""
 
     from onepiece_jax.data.loader import BatchIterator, device_batch
     from onepiece_jax.model.attention import CAPTURE
@@ -92,13 +104,16 @@ def attention_maps(workdir: str | Path, *, split: str = "validation",
         pieces = [np.asarray(p)[keep] for p in layers[f"layer_{i}"]["attn"]["weights"]]
         full = assemble(pieces, layout.length, rows)
         maps.append(segment_maps(full, ids, full_valid, len(names)))
-    return names, np.stack(maps)
+    visible = np.asarray(job.model.apply(variables, valid, cfg.reasoning_steps,
+                                         method="full_mask"))[keep][:, 0]
+    uniform = segment_maps(uniform_weights(visible), ids, full_valid, len(names))[0]
+    return names, np.stack(maps), uniform
 
 
 def save_attention_maps(workdir: str | Path) -> Path:
-    names, maps = attention_maps(workdir)
+    names, maps, uniform = attention_maps(workdir)
     path = Path(workdir) / "attention.npz"
-    np.savez(path, maps=maps, segments=np.array(names))
+    np.savez(path, maps=maps, uniform=uniform, segments=np.array(names))
     return path
 
 
@@ -156,13 +171,46 @@ def attention_section(records: Sequence, out_dir: Path) -> list[str]:
         plot_attention(maps, names, f"{variant.label}, averaged over {len(files)} "
                        f"seed{'s' * (len(files) != 1)} and validation examples", out_dir / png)
         last = maps[-1].mean(axis=0)
-        rows = [[q, *(f"{last[i, j]:.2f}" for j in range(len(names)))]
-                for i, q in enumerate(names)]
+        uniform = (np.mean([d["uniform"] for d in loaded], axis=0)
+                   if all("uniform" in d for d in loaded) else None)
+        rows = [[q, *(_cell(last[i, j], None if uniform is None else uniform[i, j])
+                      for j in range(len(names)))] for i, q in enumerate(names)]
+        note = ("cell = attention mass (the share uniform attention over the same visible keys "
+                "would give); a mass above its uniform share means the segment is sought out"
+                if uniform is not None else "uniform shares not saved with these maps")
         lines += [f"### {variant.label}", "", f"![{variant.label}]({png})", "",
-                  "Last layer, mean over heads (row = query segment, column = key segment; "
-                  "uniform attention would give each segment a share proportional to its "
-                  "length):",
+                  f"Last layer, mean over heads (row = query segment, column = key segment; "
+                  f"{note}):",
                   "", "| query \\ key | " + " | ".join(names) + " |",
                   "|" + "---|" * (len(names) + 1),
                   *("| " + " | ".join(row) + " |" for row in rows), ""]
+        if uniform is not None:
+            top = sought_out(maps, uniform, names)
+            lines += [f"The {len(top)} (layer, head, query → key) cells of largest mass / uniform "
+                      f"share, among cells with mass ≥ {MIN_MASS}:", "",
+                      "| layer | head | query → key | mass | uniform share | ratio |",
+                      "|---|---|---|---|---|---|",
+                      *(f"| {li + 1} | {hi + 1} | {names[q]} → {names[k]} | {mass:.2f} | "
+                        f"{share:.2f} | {mass / share:.1f}× |"
+                        for li, hi, q, k, mass, share in top), ""]
     return lines
+
+
+MIN_MASS = 0.1
+
+
+def sought_out(maps: np.ndarray, uniform: np.ndarray, names: Sequence[str], count: int = 8
+               ) -> list[tuple[int, int, int, int, float, float]]:
+    """The ``count`` cells (layer, head, query segment, key segment, mass, uniform share) of
+    ``maps: [L, H, S, S]`` with the largest mass / uniform ratio and mass ≥ ``MIN_MASS``: the
+    specialised heads a head-mean hides (the paper's SD→IH or CIS→IH heads)."""
+    cells = [(li, hi, q, k, float(maps[li, hi, q, k]), float(uniform[q, k]))
+             for li, hi, q, k in np.ndindex(maps.shape)
+             if uniform[q, k] > 0 and maps[li, hi, q, k] >= MIN_MASS]
+    return sorted(cells, key=lambda c: c[4] / c[5], reverse=True)[:count]
+
+
+def _cell(mass: float, uniform: float | None) -> str:
+    if uniform is None:
+        return f"{mass:.2f}"
+    return "–" if uniform == 0 else f"{mass:.2f} ({uniform:.2f})"

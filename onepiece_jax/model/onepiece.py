@@ -102,19 +102,23 @@ class OnePiece(nn.Module):
     def _isolate_rows(self) -> bool:
         return self.config.mode == "ranking" and not self.config.cis_visible
 
-    def _full_pass(self, tokens: jnp.ndarray, valid: jnp.ndarray, block_inputs: list[jnp.ndarray],
-                   train: bool) -> jnp.ndarray:
-        """One masked pass over [base ; X_1..X_S] → float32[B, N + S·M, d] (no cache)."""
+    def full_mask(self, valid: jnp.ndarray, steps: int) -> jnp.ndarray:
+        """bool[B, 1, N + S·M, N + S·M]: what each token of [base ; blocks 1..S] may attend to
+        (public: the attention maps compare the learned weights with uniform ones over it)."""
         cfg = self.config
         layout = cfg.layout()
-        steps = len(block_inputs)
-        mask = masks.block_causal_mask(valid, layout.is_cis, layout.block_rows,
+        return masks.block_causal_mask(valid, layout.is_cis, layout.block_rows,
                                        layout.block_start, steps, cfg.base_mask == "causal",
                                        cfg.cis_visible, cfg.prefix_sees_cis,
                                        self._isolate_rows())
+
+    def _full_pass(self, tokens: jnp.ndarray, valid: jnp.ndarray, block_inputs: list[jnp.ndarray],
+                   train: bool) -> jnp.ndarray:
+        """One masked pass over [base ; X_1..X_S] → float32[B, N + S·M, d] (no cache)."""
+        steps = len(block_inputs)
         positions = self._positions(steps)
-        h, _ = self.encoder(jnp.concatenate([tokens, *block_inputs], axis=1), mask, None,
-                            positions, positions, train)
+        h, _ = self.encoder(jnp.concatenate([tokens, *block_inputs], axis=1),
+                            self.full_mask(valid, steps), None, positions, positions, train)
         return h
 
     def _cached_step(self, x: jnp.ndarray, valid: jnp.ndarray, caches: tuple[KVCache, ...],

@@ -12,6 +12,7 @@ import threading
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from onepiece_jax.config import ConfigError, apply_overrides, base_config
@@ -270,6 +271,12 @@ def test_smallest_suite_end_to_end_on_the_tiny_budget(tmp_path, monkeypatch):
         assert path.stat().st_size > 5000 and path.read_bytes()[:4] == b"\x89PNG"
     assert "| query \\ key | IH | PA | SD | R1 | R2 | R3 |" in text
     assert "| query \\ key | IH | PA | SD | CIS | R1 | R2 | R3 |" in text
+    assert "| SD | 0." in text and ") | – | – | – |" in text  # mass (uniform); masked: –
+    for variant in ("retrieval", "ranking"):
+        saved = np.load(tmp_path / "runs" / "attention" / variant / "seed0" / "attention.npz")
+        np.testing.assert_allclose(saved["uniform"].sum(axis=-1), 1.0, atol=1e-6)
+        # the uniform shares use the model's own mask: zero exactly where no head ever looks
+        np.testing.assert_array_equal(saved["uniform"] > 0, saved["maps"].max(axis=(0, 1)) > 0)
     logs = sorted(p.name for p in (tmp_path / "runs" / "attention" / "_logs").iterdir())
     assert logs == ["ranking-seed0.log", "retrieval-seed0.log"]
 
