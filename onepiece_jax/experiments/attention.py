@@ -154,23 +154,26 @@ def plot_attention(maps: np.ndarray, names: Sequence[str], title: str, path: Pat
 
 
 def attention_section(records: Sequence, out_dir: Path) -> list[str]:
-    """Report lines: per variant (mode), the maps averaged over seeds, a PNG and the head-mean
-    table of the last layer."""
+    """Report lines per variant (mode): the first seed's maps as a PNG, the last layer's
+    head-mean table over seeds and the most specialised heads, seed by seed.
+
+    A head's index means nothing across seeds (training can put the same role in any head), so
+    nothing indexed by head is averaged over seeds: the PNG is one seed, the table averages over
+    heads first, and the specialised heads are found in each seed separately."""
     lines = ["## Attention by segment", ""]
     for name in dict.fromkeys(r.variant.name for r in records if r.done and r.variant.trains):
         mine = [r for r in records if r.variant.name == name]
         variant = mine[0].variant
-        files = [r.workdir / "attention.npz" for r in mine
+        found = [(r.seed, r.workdir / "attention.npz") for r in mine
                  if (r.workdir / "attention.npz").is_file()]
-        if not files:
+        if not found:
             continue
-        loaded = [np.load(f) for f in files]
+        loaded = [np.load(f) for _, f in found]
         names = [str(n) for n in loaded[0]["segments"]]
-        maps = np.mean([d["maps"] for d in loaded], axis=0)
         png = f"attention_{variant.name}.png"
-        plot_attention(maps, names, f"{variant.label}, averaged over {len(files)} "
-                       f"seed{'s' * (len(files) != 1)} and validation examples", out_dir / png)
-        last = maps[-1].mean(axis=0)
+        plot_attention(loaded[0]["maps"], names, f"{variant.label}, seed {found[0][0]}, "
+                       "averaged over validation examples", out_dir / png)
+        last = np.mean([d["maps"][-1].mean(axis=0) for d in loaded], axis=0)
         uniform = (np.mean([d["uniform"] for d in loaded], axis=0)
                    if all("uniform" in d for d in loaded) else None)
         rows = [[q, *(_cell(last[i, j], None if uniform is None else uniform[i, j])
@@ -179,35 +182,49 @@ def attention_section(records: Sequence, out_dir: Path) -> list[str]:
                 "would give); a mass above its uniform share means the segment is sought out"
                 if uniform is not None else "uniform shares not saved with these maps")
         lines += [f"### {variant.label}", "", f"![{variant.label}]({png})", "",
-                  f"Last layer, mean over heads (row = query segment, column = key segment; "
-                  f"{note}):",
+                  f"Last layer, mean over heads and {len(found)} seed(s) (row = query segment, "
+                  f"column = key segment; {note}):",
                   "", "| query \\ key | " + " | ".join(names) + " |",
                   "|" + "---|" * (len(names) + 1),
                   *("| " + " | ".join(row) + " |" for row in rows), ""]
         if uniform is not None:
-            top = sought_out(maps, uniform, names)
-            lines += [f"The {len(top)} (layer, head, query → key) cells of largest mass / uniform "
-                      f"share, among cells with mass ≥ {MIN_MASS}:", "",
-                      "| layer | head | query → key | mass | uniform share | ratio |",
-                      "|---|---|---|---|---|---|",
-                      *(f"| {li + 1} | {hi + 1} | {names[q]} → {names[k]} | {mass:.2f} | "
-                        f"{share:.2f} | {mass / share:.1f}× |"
-                        for li, hi, q, k, mass, share in top), ""]
+            seeds = ", ".join(str(seed) for seed, _ in found)
+            top = strongest_heads([d["maps"] for d in loaded], uniform)
+            lines += [f"The {len(top)} query → key pairs whose strongest head (any layer) gives "
+                      f"the largest mass / uniform share, mean over seeds; pairs whose strongest "
+                      f"head has a mean mass under {MIN_MASS} are left out. Per seed: the "
+                      "strongest head's mass (layer.head):", "",
+                      f"| query → key | uniform share | seeds {seeds} | mean ratio |",
+                      "|---|---|---|---|",
+                      *(f"| {names[q]} → {names[k]} | {uniform[q, k]:.2f} | "
+                        + ", ".join(f"{m:.2f} ({li + 1}.{hi + 1})" for m, li, hi in per_seed)
+                        + f" | {ratio:.1f}× |"
+                        for q, k, per_seed, ratio in top), ""]
     return lines
 
 
 MIN_MASS = 0.1
 
 
-def sought_out(maps: np.ndarray, uniform: np.ndarray, names: Sequence[str], count: int = 8
-               ) -> list[tuple[int, int, int, int, float, float]]:
-    """The ``count`` cells (layer, head, query segment, key segment, mass, uniform share) of
-    ``maps: [L, H, S, S]`` with the largest mass / uniform ratio and mass ≥ ``MIN_MASS``: the
-    specialised heads a head-mean hides (the paper's SD→IH or CIS→IH heads)."""
-    cells = [(li, hi, q, k, float(maps[li, hi, q, k]), float(uniform[q, k]))
-             for li, hi, q, k in np.ndindex(maps.shape)
-             if uniform[q, k] > 0 and maps[li, hi, q, k] >= MIN_MASS]
-    return sorted(cells, key=lambda c: c[4] / c[5], reverse=True)[:count]
+def strongest_heads(per_seed: Sequence[np.ndarray], uniform: np.ndarray, count: int = 8
+                    ) -> list[tuple[int, int, list[tuple[float, int, int]], float]]:
+    """The specialised heads a head-mean hides (the paper's SD→IH or CIS→IH heads).
+
+    ``per_seed``: each seed's maps ``[L, H, S, S]``. For every visible (query, key) segment
+    pair, each seed's strongest head (mass, layer, head); pairs are ranked by the mean over
+    seeds of that mass / the uniform share, those with mean mass under ``MIN_MASS`` dropped.
+    Returns ``count`` of (query, key, per-seed strongest heads, mean ratio)."""
+    pairs = []
+    for q, k in np.argwhere(uniform > 0):
+        heads = []
+        for maps in per_seed:
+            cells = maps[:, :, q, k]
+            li, hi = np.unravel_index(int(cells.argmax()), cells.shape)
+            heads.append((float(cells[li, hi]), int(li), int(hi)))
+        masses = [m for m, _, _ in heads]
+        if np.mean(masses) >= MIN_MASS:
+            pairs.append((int(q), int(k), heads, float(np.mean(masses)) / float(uniform[q, k])))
+    return sorted(pairs, key=lambda pair: pair[3], reverse=True)[:count]
 
 
 def _cell(mass: float, uniform: float | None) -> str:

@@ -8,7 +8,7 @@ from onepiece_jax.experiments.attention import (
     assemble,
     segment_layout,
     segment_maps,
-    sought_out,
+    strongest_heads,
     uniform_weights,
 )
 from onepiece_jax.model.config import ModelConfig
@@ -47,12 +47,17 @@ def test_uniform_shares_spread_each_row_over_its_visible_keys():
     np.testing.assert_allclose(maps[0], [[1.0, 0.0], [5 / 12, 7 / 12]])
 
 
-def test_sought_out_ranks_cells_by_mass_over_uniform_share_and_skips_small_masses():
+def test_strongest_heads_are_found_per_seed_whatever_head_holds_the_role():
     uniform = np.array([[0.8, 0.2], [0.5, 0.5]])
-    maps = np.tile(uniform, (1, 2, 1, 1))  # 1 layer, 2 heads, both uniform ...
-    maps[0, 1, 0] = [0.4, 0.6]  # ... but for head 2's segment-0 row: 3x on segment 1
-    maps[0, 0, 1] = [0.95, 0.05]  # 1.9x on segment 0; its 0.05 on segment 1 is too small
-    top = sought_out(maps, uniform, ["A", "B"], count=2)
-    assert [(li, hi, q, k) for li, hi, q, k, _, _ in top] == [(0, 1, 0, 1), (0, 0, 1, 0)]
-    assert top[0][4:] == (0.6, 0.2)
-    assert all(mass >= 0.1 for *_, mass, _ in sought_out(maps, uniform, ["A", "B"], count=9))
+    seed0 = np.tile(uniform, (1, 2, 1, 1))  # 1 layer, 2 heads, uniform ...
+    seed1 = seed0.copy()
+    seed0[0, 1, 0] = [0.4, 0.6]  # ... but one head puts 0.6 (3x) of segment 0's mass on 1:
+    seed1[0, 0, 0] = [0.4, 0.6]  # head 2 in seed 0, head 1 in seed 1
+    seed0[0, 0, 1] = [0.95, 0.05]  # 1.9x on segment 0 (seed 0 only)
+    top = strongest_heads([seed0, seed1], uniform, count=2)
+    assert [(q, k) for q, k, _, _ in top] == [(0, 1), (1, 0)]
+    assert top[0][2] == [(0.6, 0, 1), (0.6, 0, 0)] and abs(top[0][3] - 3.0) < 1e-9
+    assert abs(top[1][3] - (0.95 + 0.5) / 2 / 0.5) < 1e-9
+    # a pair whose strongest head holds under MIN_MASS on average is left out
+    low = np.tile(np.array([[0.95, 0.05], [0.5, 0.5]]), (1, 1, 1, 1))
+    assert (0, 1) not in [(q, k) for q, k, _, _ in strongest_heads([low], uniform, count=9)]
