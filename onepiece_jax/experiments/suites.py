@@ -125,7 +125,7 @@ BUDGETS: Mapping[str, Budget] = _frozen({
         "(about 60k events; 20k users for data scaling), whole splits scored, 3 seeds; with "
         "--jobs 2, retrieval_strategy (6 variants x 3 seeds) took 102 min, context (13 x 3, "
         "up to 90 anchors) about 5.4 h, ranking_strategy (14 x 3, half on a 43-user Taobao "
-        "slice) 67 min and block_size (4 x 3) 44 min. "
+        "slice) 67 min, block_size (4 x 3) 44 min and attention (2 x 3) 27 min. "
         "Smaller and shorter than the paper's setting: small effects are within its seed "
         "spread",
         _frozen({"train.epochs": 5}),
