@@ -29,6 +29,11 @@ def get_config():
     c.model.dense_init = "lecun_normal"
     c.loss.eta = 1.0
     c.loss.negatives.update(uniform=0, popular=0, same_category=0, in_batch=False, catalogue=True)
+    # learning rate 4e-3 with 50 warm-up steps (README): selected on validation NDCG@10, which
+    # is higher in every seed (0.1226 / 0.1216 / 0.1207 against 0.1145 / 0.1109 / 0.1090 at 1e-3
+    # with 200); test NDCG@10 over seeds 0-2 at 5 epochs 0.1099 ± 0.0027 against 0.1001 ± 0.0053
+    c.train.learning_rate = 4e-3
+    c.train.warmup_steps = 50
     c.train.epochs = 30
     c.train.early_stop_patience = 5
     return c
