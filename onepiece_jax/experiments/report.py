@@ -254,7 +254,7 @@ def _group_section(suite: Suite, key: tuple[str, str], variants: list[Variant],
               f"bold = best mean in the column{among}", ""]
     headline = next((r.headline for r in mine), "")
     name = f"{slug(data)}_{mode}"
-    if headline and any(stats[v.name][headline].n for v in variants):
+    if headline in columns and any(stats[v.name][headline].n for v in variants):
         plot_bars([v.label for v in variants], [stats[v.name][headline] for v in variants],
                   headline, f"{suite.name}: {title}", out_dir / f"{name}.png",
                   [bool(v.reference) for v in variants])

@@ -215,18 +215,21 @@ def test_popularity_variant_is_scored_without_training(tmp_path):
 
 def test_variant_patterns_run_only_the_matching_rows_and_the_report_keeps_the_rest(
         tmp_path, monkeypatch, capsys):
+    # a MovieLens row too, whose data (absent here) is neither needed nor fetched when unselected
     suite = Suite("pop", "t", "p", tuple(
         Variant(f"pop.{tag}", tag, "synthetic", RANKING, popularity_window=window)
-        for tag, window in (("day", 86_400), ("week", 7 * 86_400))))
+        for tag, window in (("day", 86_400), ("week", 7 * 86_400)))
+        + (Variant("ml.day", "ml day", "ml100k", "ml100k_onepiece.py", popularity_window=86_400),))
     monkeypatch.setattr(runner, "get_suite", lambda name: suite)
     kwargs = dict(seeds=1, budget="tiny", out=tmp_path / "runs", data_dir=tmp_path / "data",
                   reports=tmp_path / "reports")
     text = run_suite("pop", variants=["*.week"], **kwargs).read_text()
-    assert "runs finished: 1 of 2" in text
+    assert "runs finished: 1 of 3" in text
     assert "| pop.day | 0 | not started |" in text and "| pop.week | 0 | done |" in text
-    assert "pop: 1 of 2 runs" in capsys.readouterr().out
+    assert "| ml.day | 0 | not started |" in text and not (tmp_path / "data").exists()
+    assert "pop: 1 of 3 runs" in capsys.readouterr().out
     with pytest.raises(ValueError, match=r"--variants 'pop\.month' matches no variant of suite "
-                                         r"'pop'; its variants are pop\.day, pop\.week"):
+                                         r"'pop'; its variants are pop\.day, pop\.week, ml\.day"):
         run_suite("pop", variants=["pop.day", "pop.month"], **kwargs)
     assert run_status(plan_runs(suite, seeds=1, budget="tiny", out=tmp_path / "runs",
                                 data_dir=tmp_path / "data")[0]) == "new"
