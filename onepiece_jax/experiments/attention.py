@@ -221,9 +221,9 @@ def strongest_heads(per_seed: Sequence[np.ndarray], uniform: np.ndarray, count: 
             cells = maps[:, :, q, k]
             li, hi = np.unravel_index(int(cells.argmax()), cells.shape)
             heads.append((float(cells[li, hi]), int(li), int(hi)))
-        masses = [m for m, _, _ in heads]
-        if np.mean(masses) >= MIN_MASS:
-            pairs.append((int(q), int(k), heads, float(np.mean(masses)) / float(uniform[q, k])))
+        mass = float(np.mean([m for m, _, _ in heads]))
+        if mass >= MIN_MASS:
+            pairs.append((int(q), int(k), heads, mass / float(uniform[q, k])))
     return sorted(pairs, key=lambda pair: pair[3], reverse=True)[:count]
 
 

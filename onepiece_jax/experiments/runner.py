@@ -211,9 +211,9 @@ def plan_runs(suite: Suite, *, seeds: int, budget: str, out: Path, data_dir: Pat
     get_budget(budget)
     if seeds < 1:
         raise ValueError(f"--seeds must be >= 1, got {seeds}")
-    wanted = {v.data for v in suite.variants if only is None or v.name in only}
-    paths = {key: (ensure_data if prepare and key in wanted else data_location)(
-                 key, budget, data_dir=data_dir, out=out)
+    wanted = {v.data for v in suite.variants if prepare and (only is None or v.name in only)}
+    paths = {key: (ensure_data if key in wanted else data_location)(key, budget,
+                                                                    data_dir=data_dir, out=out)
              for key in dict.fromkeys(v.data for v in suite.variants)}
     return [resolve_run(suite, v, seed, budget, data_path=paths[v.data], out=out)
             for seed in range(seeds) for v in suite.variants]
@@ -379,16 +379,16 @@ def run_suite(name: str, *, seeds: int | None = None, budget: str = "small",
     only = select_variants(suite, variants)
     runs = plan_runs(suite, seeds=seeds, budget=budget, out=out, data_dir=data_dir,
                      prepare=not report_only, only=only)
-    todo = [run for run in runs if run.variant.name in only]
+    todo = [] if report_only else [run for run in runs if run.variant.name in only]
     command = command or default_command(name, seeds=seeds, budget=budget, out=out,
                                          data_dir=data_dir)
     start = time.perf_counter()
-    if not report_only and jobs == 1:
+    if jobs == 1:
         for i, run in enumerate(todo, 1):
             print(f"{_heading(i, todo)}: {run_status(run)} → {run.workdir}", flush=True)
             did = execute(run, attention=suite.attention)
             print(f"[{i}/{len(todo)}] {did}", flush=True)
-    elif not report_only:
+    elif todo:
         run_in_processes(todo, jobs=jobs, attention=suite.attention, data_dir=data_dir)
     path = write_report(suite, runs, budget=budget, seeds=seeds, command=command,
                         out_dir=Path(reports) / name)

@@ -232,7 +232,8 @@ def test_variant_patterns_run_only_the_matching_rows_and_the_report_keeps_the_re
                                          r"'pop'; its variants are pop\.day, pop\.week, ml\.day"):
         run_suite("pop", variants=["pop.day", "pop.month"], **kwargs)
     assert run_status(plan_runs(suite, seeds=1, budget="tiny", out=tmp_path / "runs",
-                                data_dir=tmp_path / "data")[0]) == "new"
+                                data_dir=tmp_path / "data", prepare=False)[0]) == "new"
+    assert not (tmp_path / "data").exists()  # nothing fetched, not even by the failed call
 
 
 def test_reference_rows_are_the_worlds_floor_and_oracle_on_the_runs_test_split(tmp_path):
