@@ -34,6 +34,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import tqdm
+from flax import traverse_util
 from tensorboardX import SummaryWriter
 
 from onepiece_jax.config import ConfigError, from_stored
@@ -383,6 +384,19 @@ class _Preemption:
 _PREEMPTION = _Preemption()
 
 
+def _resume_identity(config) -> dict:
+    """The fields a resumed run must share with the stored one, flattened to dotted keys.
+
+    The dataset, context, tasks and seed are guarded by the build key (``ensure_built``); the
+    model and loss define what the checkpoint's parameters mean, and the batch size what its
+    iterator position counts. The rest of ``config.train`` (epochs, patience, logging) may change
+    on resume, which is how a run is extended.
+    """
+    guarded = {"model": config.model.to_dict(), "loss": config.loss.to_dict(),
+               "train": {"batch_size": config.train.batch_size}}
+    return traverse_util.flatten_dict(guarded, sep=".")
+
+
 def _save_config(config, workdir: Path) -> None:
     path = workdir / "config.json"
     saved = config.copy_and_resolve_references()
@@ -390,15 +404,16 @@ def _save_config(config, workdir: Path) -> None:
         saved.distributed.process_id = -1
     text = saved.to_json_best_effort(indent=1)
     if path.is_file():
-        # the stored run as this version reads it: a model key added since holds its default
-        before = from_stored(json.loads(path.read_text()), str(path)).model.to_dict()
-        now = saved.model.to_dict()
+        # the stored run as this version reads it: a key added since holds its default
+        before = _resume_identity(from_stored(json.loads(path.read_text()), str(path)))
+        now = _resume_identity(saved)
         changed = sorted(k for k in before.keys() | now.keys() if before.get(k) != now.get(k))
         if changed:
-            raise ConfigError(f"{workdir} holds a run with a different config.model ("
+            raise ConfigError(f"{workdir} holds a run with a different config ("
                               + ", ".join(f"{k}: {before.get(k)!r} -> {now.get(k)!r}"
                                           for k in changed)
-                              + "); use a new --workdir or the same model config to resume")
+                              + "); use a new --workdir, or the stored model, loss and batch "
+                              "size to resume")
     distributed.barrier("config checked")  # every process compared before process 0 writes
     if distributed.is_primary():
         path.write_text(text)

@@ -177,8 +177,33 @@ def test_resuming_accepts_a_model_key_added_since_with_its_default_and_names_rea
     _save_config(config, tmp_path)
     assert json.loads((tmp_path / "config.json").read_text())["model"]["embed_init_std"] == 0.0
     config.model.embed_init_std = 0.02
-    with pytest.raises(ConfigError, match=r"embed_init_std: 0\.0 -> 0\.02"):
+    with pytest.raises(ConfigError, match=r"model\.embed_init_std: 0\.0 -> 0\.02"):
         _save_config(config, tmp_path)
+
+
+def test_resuming_refuses_a_changed_loss_or_batch_size_and_accepts_a_longer_schedule(tmp_path):
+    """The loss defines what the checkpoint was trained for and the batch size what its iterator
+    position counts, so either changed is refused; more epochs is how a run is extended."""
+    from onepiece_jax.config import ConfigError, base_config
+    from onepiece_jax.train.loop import _save_config
+
+    config = base_config()
+    _save_config(config, tmp_path)
+    longer = base_config()
+    longer.train.epochs = int(config.train.epochs) + 5
+    longer.train.early_stop_patience = 1
+    _save_config(longer, tmp_path)
+    for key, value in [("loss.negatives.uniform", 3), ("loss.eta", 0.5),
+                       ("train.batch_size", 64)]:
+        changed = base_config()
+        section, *path = key.split(".")
+        node = changed[section]
+        for part in path[:-1]:
+            node = node[part]
+        before = node[path[-1]]
+        node[path[-1]] = value
+        with pytest.raises(ConfigError, match=rf"{key}: {before!r} -> {value!r}"):
+            _save_config(changed, tmp_path)
 
 
 def test_runs_started_together_on_one_build_directory_build_it_once(tmp_path, monkeypatch):
