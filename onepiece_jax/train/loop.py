@@ -387,13 +387,14 @@ _PREEMPTION = _Preemption()
 def _resume_identity(config) -> dict:
     """The fields a resumed run must share with the stored one, flattened to dotted keys.
 
-    The dataset, context, tasks and seed are guarded by the build key (``ensure_built``); the
-    model and loss define what the checkpoint's parameters mean, and the batch size what its
-    iterator position counts. The rest of ``config.train`` (epochs, patience, logging) may change
-    on resume, which is how a run is extended.
+    The data (the build key, wherever the build lives) defines the examples, the model and loss
+    what the checkpoint's parameters mean, and the batch size what its iterator position counts.
+    The rest of ``config.train`` (epochs, patience, logging) may change on resume, which is how a
+    run is extended.
     """
-    guarded = {"model": config.model.to_dict(), "loss": config.loss.to_dict(),
-               "train": {"batch_size": config.train.batch_size}}
+    guarded = {**build_key(config), "model": config.model.to_dict(),
+               "loss": config.loss.to_dict(), "train": {"batch_size": config.train.batch_size}}
+    del guarded["dataset"]["build_dir"]
     return traverse_util.flatten_dict(guarded, sep=".")
 
 

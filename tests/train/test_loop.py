@@ -181,9 +181,11 @@ def test_resuming_accepts_a_model_key_added_since_with_its_default_and_names_rea
         _save_config(config, tmp_path)
 
 
-def test_resuming_refuses_a_changed_loss_or_batch_size_and_accepts_a_longer_schedule(tmp_path):
-    """The loss defines what the checkpoint was trained for and the batch size what its iterator
-    position counts, so either changed is refused; more epochs is how a run is extended."""
+def test_resuming_refuses_changed_data_loss_or_batch_size_and_accepts_a_longer_schedule(
+        tmp_path):
+    """The data and loss define what the checkpoint was trained on and for, the batch size what
+    its iterator position counts, so each changed is refused even with the build elsewhere; more
+    epochs is how a run is extended."""
     from onepiece_jax.config import ConfigError, base_config
     from onepiece_jax.train.loop import _save_config
 
@@ -192,16 +194,18 @@ def test_resuming_refuses_a_changed_loss_or_batch_size_and_accepts_a_longer_sche
     longer = base_config()
     longer.train.epochs = int(config.train.epochs) + 5
     longer.train.early_stop_patience = 1
+    longer.dataset.build_dir = str(tmp_path / "elsewhere")
     _save_config(longer, tmp_path)
     for key, value in [("loss.negatives.uniform", 3), ("loss.eta", 0.5),
-                       ("train.batch_size", 64)]:
+                       ("train.batch_size", 64), ("context.pa_group_size", 3),
+                       ("dataset.name", "beauty"), ("seed", 7)]:
         changed = base_config()
-        section, *path = key.split(".")
-        node = changed[section]
-        for part in path[:-1]:
+        *path, leaf = key.split(".")
+        node = changed
+        for part in path:
             node = node[part]
-        before = node[path[-1]]
-        node[path[-1]] = value
+        before = node[leaf]
+        node[leaf] = value
         with pytest.raises(ConfigError, match=rf"{key}: {before!r} -> {value!r}"):
             _save_config(changed, tmp_path)
 
