@@ -413,8 +413,7 @@ def _save_config(config, workdir: Path) -> None:
             raise ConfigError(f"{workdir} holds a run with a different config ("
                               + ", ".join(f"{k}: {before.get(k)!r} -> {now.get(k)!r}"
                                           for k in changed)
-                              + "); use a new --workdir, or the stored model, loss and batch "
-                              "size to resume")
+                              + "); use a new --workdir, or the stored values to resume")
     distributed.barrier("config checked")  # every process compared before process 0 writes
     if distributed.is_primary():
         path.write_text(text)

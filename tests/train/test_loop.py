@@ -1,6 +1,7 @@
 """The real training loop on planted data: it learns, it resumes exactly, it reports protocols."""
 
 import json
+import re
 
 import jax
 import numpy as np
@@ -206,7 +207,7 @@ def test_resuming_refuses_changed_data_loss_or_batch_size_and_accepts_a_longer_s
             node = node[part]
         before = node[leaf]
         node[leaf] = value
-        with pytest.raises(ConfigError, match=rf"{key}: {before!r} -> {value!r}"):
+        with pytest.raises(ConfigError, match=re.escape(f"{key}: {before!r} -> {value!r}")):
             _save_config(changed, tmp_path)
 
 
