@@ -187,11 +187,14 @@ def test_resuming_refuses_changed_data_loss_or_batch_size_and_accepts_a_longer_s
     """The data and loss define what the checkpoint was trained on and for, the batch size what
     its iterator position counts, so each changed is refused even with the build elsewhere; more
     epochs is how a run is extended."""
-    from onepiece_jax.config import ConfigError, base_config
+    from flax import traverse_util
+
+    from onepiece_jax.config import ConfigError, apply_overrides, base_config
     from onepiece_jax.train.loop import _save_config
 
     config = base_config()
     _save_config(config, tmp_path)
+    stored = traverse_util.flatten_dict(config.to_dict(), sep=".")
     longer = base_config()
     longer.train.epochs = int(config.train.epochs) + 5
     longer.train.early_stop_patience = 1
@@ -201,13 +204,9 @@ def test_resuming_refuses_changed_data_loss_or_batch_size_and_accepts_a_longer_s
                        ("train.batch_size", 64), ("context.pa_group_size", 3),
                        ("dataset.name", "beauty"), ("seed", 7)]:
         changed = base_config()
-        *path, leaf = key.split(".")
-        node = changed
-        for part in path:
-            node = node[part]
-        before = node[leaf]
-        node[leaf] = value
-        with pytest.raises(ConfigError, match=re.escape(f"{key}: {before!r} -> {value!r}")):
+        apply_overrides(changed, [f"--config.{key}={value}"])
+        with pytest.raises(ConfigError,
+                           match=re.escape(f"{key}: {stored[key]!r} -> {value!r}")):
             _save_config(changed, tmp_path)
 
 
