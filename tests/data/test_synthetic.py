@@ -24,6 +24,14 @@ def log(synthetic_dir):
     return read_dataset("jdsearch", synthetic_dir)
 
 
+def test_a_world_is_labelled_synthetic_so_protocol_strings_do_not_claim_jdsearch(log, tmp_path,
+                                                                                synthetic_dir):
+    assert log.dataset == "synthetic (JDsearch format)"
+    for name in (BEHAVIOR_FILE, META_FILE):  # the same files without the generator's record
+        (tmp_path / name).write_bytes((synthetic_dir / name).read_bytes())
+    assert read_dataset("jdsearch", tmp_path).dataset == "jdsearch"
+
+
 def test_deterministic_by_seed(tmp_path, synthetic_dir):
     again = generate_synthetic(tmp_path / "a", num_users=300, num_items=2000, seed=7)
     other = generate_synthetic(tmp_path / "b", num_users=300, num_items=2000, seed=8)

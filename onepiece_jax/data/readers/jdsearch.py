@@ -47,6 +47,10 @@ LEVEL_OF_SOURCE = np.array([1, 2, 2, 3], np.int8)
 LIST_SEP, TERM_SEP, NO_QUERY = b"_", b"\x18", b"-1"
 MAX_QUERY_TERMS = 8
 MAX_LABEL = 3
+# ``generate_synthetic`` writes its arguments here; its presence marks a synthetic world, which
+# protocol strings must not pass off as the real JDsearch logs
+WORLD_FILE = "synth.json"
+SYNTHETIC_LABEL = "synthetic (JDsearch format)"
 
 
 def read_jdsearch(path: str | Path, *, max_query_terms: int = MAX_QUERY_TERMS) -> EventLog:
@@ -77,7 +81,8 @@ def read_jdsearch(path: str | Path, *, max_query_terms: int = MAX_QUERY_TERMS) -
                         query=rq["query"].astype(np.int32), offsets=rq["offsets"],
                         cand_item=c.dense(items, rq["cand_item"]), cand_label=rq["cand_label"])
     return c.build_log(
-        dataset="jdsearch", user=c.dense(users, ev["user"]), item=c.dense(items, ev["item"]),
+        dataset=SYNTHETIC_LABEL if (folder / WORLD_FILE).exists() else "jdsearch",
+        user=c.dense(users, ev["user"]), item=c.dense(items, ev["item"]),
         time=ev["time"], behavior=LEVEL_OF_SOURCE[ev["source"]], query=ev["query"],
         behaviors=BEHAVIORS, has_timestamps=True, item_features=item_features,
         user_features={"user_id": identity_table(users.size)}, query_features=query_features,

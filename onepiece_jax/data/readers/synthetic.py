@@ -46,11 +46,10 @@ from typing import Any
 
 import numpy as np
 
-from onepiece_jax.data.readers.jdsearch import HEADER, TERM_SEP
+from onepiece_jax.data.readers.jdsearch import HEADER, TERM_SEP, WORLD_FILE
 
 BEHAVIOR_FILE = "user_behavior_data.txt"
 META_FILE = "product_meta_data.txt"
-WORLD_FILE = "synth.json"  # the generator's arguments: what replays the world
 META_HEADER = ("wid", "name", "brand_id", "brand_name", "cate_id_1", "cate_name_1", "cate_id_2",
                "cate_name_2", "cate_id_3", "cate_name_3", "cate_id_4", "cate_name_4", "shop_id")
 TYPE_NAMES = np.array([b"", b"CLICK", b"CART", b"ORD", b"FLW"])  # by level, FLW appended
