@@ -350,12 +350,17 @@ def _save_attention(run: Run) -> None:
         save_attention_maps(run.workdir)
 
 
-def default_command(name: str, *, seeds: int, budget: str, out: Path, data_dir: Path) -> str:
+def default_command(name: str, *, seeds: int, budget: str, out: Path, data_dir: Path,
+                    variants: Sequence[str] = ()) -> str:
+    """The command a report names as its source; it keeps ``--variants``, since a report of some
+    rows is reproduced by training those rows, not the whole suite."""
     parts = ["onepiece", "experiment", "--suite", name, "--budget", budget, "--seeds", str(seeds)]
     if Path(out) != Path("runs/experiments"):
         parts += ["--out", str(out)]
     if Path(data_dir) != Path("data"):
         parts += ["--data-dir", str(data_dir)]
+    if variants:
+        parts += ["--variants", *variants]
     return shlex.join(parts)
 
 
@@ -381,7 +386,7 @@ def run_suite(name: str, *, seeds: int | None = None, budget: str = "small",
                      prepare=not report_only, only=only)
     todo = [] if report_only else [run for run in runs if run.variant.name in only]
     command = command or default_command(name, seeds=seeds, budget=budget, out=out,
-                                         data_dir=data_dir)
+                                         data_dir=data_dir, variants=variants)
     start = time.perf_counter()
     if jobs == 1:
         for i, run in enumerate(todo, 1):

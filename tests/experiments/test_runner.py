@@ -228,6 +228,7 @@ def test_variant_patterns_run_only_the_matching_rows_and_the_report_keeps_the_re
     assert "| pop.day | 0 | not started |" in text and "| pop.week | 0 | done |" in text
     assert "| ml.day | 0 | not started |" in text and not (tmp_path / "data").exists()
     assert "pop: 1 of 3 runs" in capsys.readouterr().out
+    assert "--seeds 1 --out" in text and "--variants '*.week'`" in text  # the rows it trained
     with pytest.raises(ValueError, match=r"--variants 'pop\.month' matches no variant of suite "
                                          r"'pop'; its variants are pop\.day, pop\.week, ml\.day"):
         run_suite("pop", variants=["pop.day", "pop.month"], **kwargs)
