@@ -81,7 +81,7 @@ def read_jdsearch(path: str | Path, *, max_query_terms: int = MAX_QUERY_TERMS) -
                         query=rq["query"].astype(np.int32), offsets=rq["offsets"],
                         cand_item=c.dense(items, rq["cand_item"]), cand_label=rq["cand_label"])
     return c.build_log(
-        dataset=SYNTHETIC_LABEL if (folder / WORLD_FILE).exists() else "jdsearch",
+        dataset=SYNTHETIC_LABEL if (folder / WORLD_FILE).is_file() else "jdsearch",
         user=c.dense(users, ev["user"]), item=c.dense(items, ev["item"]),
         time=ev["time"], behavior=LEVEL_OF_SOURCE[ev["source"]], query=ev["query"],
         behaviors=BEHAVIORS, has_timestamps=True, item_features=item_features,
