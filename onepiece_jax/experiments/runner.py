@@ -138,13 +138,13 @@ def data_location(key: str, budget: str, *, data_dir: Path, out: Path) -> Path:
 def ensure_data(key: str, budget: str, *, data_dir: Path, out: Path) -> Path:
     """The dataset's path, after generating synthetic logs or fetching a fetchable dataset if
     missing; a missing public file is an error that says where to get it."""
-    from onepiece_jax.data.readers.synthetic import WORLD_FILE, SynthConfig, generate_synthetic
+    from onepiece_jax.data.readers.jdsearch import is_world
+    from onepiece_jax.data.readers.synthetic import SynthConfig, generate_synthetic
 
     dataset = DATASETS[key]
     path = data_location(key, budget, data_dir=data_dir, out=out)
     if dataset.synthetic:
-        done = path / WORLD_FILE
-        if not done.is_file():
+        if not is_world(path):
             users, items = get_budget(budget).synthetic[dataset.size]
             scratch = path.with_name(path.name + ".partial")
             shutil.rmtree(scratch, ignore_errors=True)

@@ -53,6 +53,12 @@ WORLD_FILE = "synth.json"
 SYNTHETIC_LABEL = "synthetic (JDsearch format)"
 
 
+def is_world(folder: str | Path) -> bool:
+    """Whether ``folder`` holds a finished synthetic world: the one test the reader's label, the
+    experiment runner's cache and ``world_arguments`` share."""
+    return (Path(folder) / WORLD_FILE).is_file()
+
+
 def read_jdsearch(path: str | Path, *, max_query_terms: int = MAX_QUERY_TERMS) -> EventLog:
     """Reads a JDsearch folder (real, sample or synthetic) into an EventLog with requests."""
     folder = Path(path)
@@ -81,7 +87,7 @@ def read_jdsearch(path: str | Path, *, max_query_terms: int = MAX_QUERY_TERMS) -
                         query=rq["query"].astype(np.int32), offsets=rq["offsets"],
                         cand_item=c.dense(items, rq["cand_item"]), cand_label=rq["cand_label"])
     return c.build_log(
-        dataset=SYNTHETIC_LABEL if (folder / WORLD_FILE).is_file() else "jdsearch",
+        dataset=SYNTHETIC_LABEL if is_world(folder) else "jdsearch",
         user=c.dense(users, ev["user"]), item=c.dense(items, ev["item"]),
         time=ev["time"], behavior=LEVEL_OF_SOURCE[ev["source"]], query=ev["query"],
         behaviors=BEHAVIORS, has_timestamps=True, item_features=item_features,

@@ -46,7 +46,7 @@ from typing import Any
 
 import numpy as np
 
-from onepiece_jax.data.readers.jdsearch import HEADER, TERM_SEP, WORLD_FILE
+from onepiece_jax.data.readers.jdsearch import HEADER, TERM_SEP, WORLD_FILE, is_world
 
 BEHAVIOR_FILE = "user_behavior_data.txt"
 META_FILE = "product_meta_data.txt"
@@ -146,7 +146,7 @@ def world_arguments(folder: str | Path) -> dict[str, Any]:
     """The arguments ``generate_synthetic`` wrote ``folder`` with (from its ``synth.json``), as
     keyword arguments of ``simulate_requests``: what replays the world's requests."""
     path = Path(folder) / WORLD_FILE
-    if not path.is_file():
+    if not is_world(folder):
         raise FileNotFoundError(f"{path} not found: {folder} is not a world written by "
                                 "generate_synthetic (`onepiece data synth`)")
     stored = json.loads(path.read_text())
