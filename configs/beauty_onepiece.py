@@ -3,7 +3,7 @@
 Leave-one-out with full-catalogue ranking excluding history. Without timestamps the anchors are
 the global top items of the training events (every user's events but the last two). Negatives
 are MovieLens-100K's: the whole catalogue (12,101 items), temperature 1 — every Beauty result in
-the README was measured with them.
+docs/results/beauty.md was measured with them.
 
     onepiece train --config configs/beauty_onepiece.py --workdir runs/beauty_onepiece \
         --config.dataset.path=PATH/Beauty.txt

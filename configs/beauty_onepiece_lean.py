@@ -1,4 +1,4 @@
-"""OnePiece retrieval on Amazon Beauty without the parts that do not pay there (README, Beauty).
+"""OnePiece on Amazon Beauty without the parts that do not pay there (docs/results/beauty.md).
 
 ``beauty_onepiece.py`` with five changes, each measured on Beauty: no SD tokens (Amazon has no
 situational data: they would hold only the user id and a learned vector) so O_0 is read from the
