@@ -29,7 +29,8 @@ from onepiece_jax.train.loop import train_and_evaluate
 ROOT = Path(__file__).resolve().parents[1]
 FAST = list(SHORT_BUDGET_RECIPE)  # learning rate 4e-3, 50 warm-up steps (the quickstart's)
 # the anchors add 36 tokens to 52 and make a step about 1.8x as costly, for a test NDCG@10 change
-# within the seed spread on this dataset (README): how fast is OnePiece without them?
+# within the seed spread on this dataset (docs/results/movielens.md): how fast is OnePiece
+# without them?
 NO_PA = ["--config.model.use_pa=False"]
 MODELS = {
     "sasrec": ("ml100k_sasrec.py", []),
