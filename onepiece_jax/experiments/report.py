@@ -349,11 +349,17 @@ def render_report(suite: Suite, records: Sequence[RunRecord], *, budget: str, se
 
 def write_report(suite: Suite, runs: Sequence, *, budget: str, seeds: int, command: str,
                  out_dir: Path) -> Path:
-    """Writes ``out_dir/report.md``, its PNGs and ``summary.json``; returns the report path."""
+    """Writes ``out_dir/report.md``, its PNGs and ``summary.json``; returns the report path.
+    A PNG the report does not show (drawn by an earlier report of other rows) is deleted, so
+    that the folder, which gets committed as it is, holds only this report's plots."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     text, summary = render_report(suite, load_records(runs), budget=budget, seeds=seeds,
                                   command=command, out_dir=out_dir)
+    shown = set(re.findall(r"\]\(([^()/]+\.png)\)", text))
+    for png in out_dir.glob("*.png"):
+        if png.name not in shown:
+            png.unlink()
     (out_dir / "report.md").write_text(text + "\n")
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=1, default=float))
     return out_dir / "report.md"

@@ -104,3 +104,22 @@ def test_a_reference_row_is_tabled_and_drawn_but_never_the_best(tmp_path, monkey
     assert "bold = best mean in the column among the models (reference rows are not)" in text
     assert {k: v.mean for k, v in drawn["refs"].items()} == {"reference: ceiling": 0.9}
     assert drawn["muted"] == [False, False, True]  # the reference bar is grey
+
+
+def test_rewriting_a_report_deletes_the_plots_it_no_longer_shows(tmp_path, monkeypatch):
+    """A report of other rows in the same folder must not leave an earlier report's plot behind:
+    the folder is committed as it is."""
+    from onepiece_jax.experiments import report
+
+    suite = Suite("demo", "Demo suite", "Table 9", VARIANTS, x_label="swept value")
+    out = tmp_path / "reports"
+    out.mkdir()
+    (out / "notes.txt").write_text("not a plot")
+    monkeypatch.setattr(report, "load_records", lambda runs: runs)
+    report.write_report(suite, _records(tmp_path, [0.1], [0.2]), budget="small", seeds=1,
+                        command="c", out_dir=out)
+    assert (out / "synthetic_retrieval.png").is_file()
+    report.write_report(suite, _records(tmp_path, [None], [None]), budget="small", seeds=1,
+                        command="c", out_dir=out)
+    assert "synthetic_retrieval.png" not in (out / "report.md").read_text()
+    assert sorted(p.name for p in out.iterdir()) == ["notes.txt", "report.md", "summary.json"]
