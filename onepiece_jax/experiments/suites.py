@@ -481,8 +481,8 @@ ATTENTION = Suite(
 
 
 # Beauty, SASRec's 10-epoch schedule, with the additive item token and tied tower and no anchors
-# (global top items without timestamps: no gain, README), so that the read-out and the objective
-# are the only axes left between these rows.
+# (global top items without timestamps: no gain, docs/results/beauty.md), so that the read-out
+# and the objective are the only axes left between these rows.
 _BEAUTY_BASE = {"train.epochs": 10, "model.history_tokens": "sum",
                 "model.item_tower": "shared_proj", "model.use_pa": False}
 _K0 = {"model.reasoning_steps": 0, "loss.strategy": "last_step"}
@@ -557,8 +557,9 @@ READOUT = Suite(
                 ("k0_ce.newest",)),
         Finding("K=0 with SASRec's loss and the newest-item read-out > SASRec",
                 ("k0_ce.newest",), ("sasrec",))),
-    signals="Not a paper table. On Beauty (README, one seed each) OnePiece trails SASRec; a "
-            "K=0 model with SASRec's loss overtakes it once O_0 is read from the newest history "
+    signals="Not a paper table. On Beauty (docs/results/beauty.md, one seed each) OnePiece "
+            "trails SASRec; a K=0 model with SASRec's loss overtakes it once O_0 is read from "
+            "the newest history "
             "item (SASRec's read-out row) instead of the SD block, while OnePiece's own objective "
             "gains nothing from that read-out unless its BCE term (a sigmoid per catalogue item) "
             "is dropped. This suite crosses read-out (SD block / newest item / no SD), objective "
