@@ -36,8 +36,8 @@ def get_config():
     c.train.learning_rate = 4e-3
     c.train.warmup_steps = 50
     # 5 epochs, the recipe of the 3-seed figures: 10 (the cosine over 10) moved best validation
-    # NDCG@10 by +0.0009 / +0.0059 on seeds 0-1, below one figure's standard error,
-    # so validation cannot tell them apart and the cheaper schedule stays (session 34)
+    # NDCG@10 by +0.0009 / +0.0059 on seeds 0-1, below one figure's standard error, so
+    # validation cannot tell them apart and the cheaper schedule stays (session 34)
     c.train.epochs = 5
     c.train.early_stop_patience = 5
     return c

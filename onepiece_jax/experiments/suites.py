@@ -557,15 +557,14 @@ READOUT = Suite(
                 ("k0_ce.newest",)),
         Finding("K=0 with SASRec's loss and the newest-item read-out > SASRec",
                 ("k0_ce.newest",), ("sasrec",))),
-    signals="Not a paper table. On Beauty (docs/results/beauty.md, one seed each) OnePiece "
-            "trails SASRec; a K=0 model with SASRec's loss overtakes it once O_0 is read from "
-            "the newest history "
-            "item (SASRec's read-out row) instead of the SD block, while OnePiece's own objective "
-            "gains nothing from that read-out unless its BCE term (a sigmoid per catalogue item) "
-            "is dropped. This suite crosses read-out (SD block / newest item / no SD), objective "
-            "(SASRec's full-softmax cross-entropy / OnePiece's BCE + U2I + I2U over the whole "
-            "catalogue at eta 1, with BCE over the catalogue, over 30 sampled negatives or "
-            "without BCE) and K, so these findings get seed spreads. On Beauty the newest item "
+    signals="Not a paper table. On Beauty (docs/results/beauty.md, one seed each) OnePiece trails "
+            "SASRec; a K=0 model with SASRec's loss overtakes it once O_0 is read from the newest "
+            "history item (SASRec's read-out row) instead of the SD block, while OnePiece's own "
+            "objective gains nothing from that read-out unless its BCE term (a sigmoid per "
+            "catalogue item) is dropped. This suite crosses read-out (SD block / newest item / no "
+            "SD), objective (SASRec's full-softmax cross-entropy / OnePiece's BCE + U2I + I2U over "
+            "the whole catalogue at eta 1, with BCE over the catalogue, over 30 sampled negatives "
+            "or without BCE) and K, so these findings get seed spreads. On Beauty the newest item "
             "says most about the next one; the SD tokens carry only the user id and a learned "
             "vector.")
 
