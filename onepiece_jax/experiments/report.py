@@ -33,10 +33,11 @@ class RunRecord:
     result: dict | None
     history: list
     record: dict
+    status: str = "done"  # runner.run_status: only a "done" run's result counts
 
     @property
     def done(self) -> bool:
-        return self.result is not None
+        return self.result is not None and self.status == "done"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,7 +61,11 @@ def stat(values: Sequence[float]) -> Stat:
 
 
 def load_records(runs: Sequence) -> list[RunRecord]:
-    """``runner.Run``s → records, reading ``results.json`` / ``history.json`` where present."""
+    """``runner.Run``s → records, reading ``results.json`` / ``history.json`` where present; a
+    run made with another config or on other data (or whose data is missing, so that it cannot
+    be checked) is listed but not counted."""
+    from onepiece_jax.experiments.runner import run_status
+
     out = []
     for run in runs:
         results, history = run.workdir / "results.json", run.workdir / "history.json"
@@ -71,7 +76,8 @@ def load_records(runs: Sequence) -> list[RunRecord]:
             digest=run.digest, workdir=run.workdir,
             result=json.loads(results.read_text()) if results.is_file() else None,
             history=json.loads(history.read_text()) if history.is_file() else [],
-            record=json.loads(record.read_text()) if record.is_file() else {}))
+            record=json.loads(record.read_text()) if record.is_file() else {},
+            status=run_status(run)))
     return out
 
 
@@ -291,6 +297,10 @@ def _findings_section(results: Sequence[FindingResult]) -> list[str]:
                          "Δ per seed", "verdict"], rows) + [""])
 
 
+_NOT_COUNTED = {"stale": "stale: made with another config or data, not counted",
+                "unchecked": "unchecked: its data is missing, not counted"}
+
+
 def _runs_section(records: Sequence[RunRecord]) -> list[str]:
     rows, commands = [], []
     for r in records:
@@ -298,7 +308,8 @@ def _runs_section(records: Sequence[RunRecord]) -> list[str]:
         best = (max(r.history, key=lambda h: h["value"])["epoch"] if r.history else "–")
         step = r.result.get("checkpoint", {}).get("step", "–") if r.done else "–"
         seconds = r.record.get("seconds")
-        rows.append([r.variant.name, str(r.seed), r.record.get("status", "not started"),
+        status = _NOT_COUNTED.get(r.status, r.record.get("status", "not started"))
+        rows.append([r.variant.name, str(r.seed), status,
                      str(epochs), str(best), str(step),
                      f"{seconds:.0f}" if isinstance(seconds, int | float) else "–", r.digest])
         commands.append(f"- `{r.variant.name}` seed {r.seed}: `{r.command}`")

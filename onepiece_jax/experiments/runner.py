@@ -13,10 +13,17 @@ Layout under ``--out`` (default ``runs/experiments``)::
 A run is cached when its ``results.json`` exists and its fully resolved config equals the one in
 ``experiment.json`` (compared by hash; a key added to the defaults since that run was made counts
 as holding its default there, so upgrading does not retrain every finished run); a half-trained
-run resumes from its latest checkpoint (the
-standard resume of ``train_and_evaluate``); a run whose config changed is moved to ``_stale/``
-and trained again. So the same command resumes a half-finished suite, and a report can be
-regenerated at any time from what has finished (``--report-only``).
+run resumes from its latest checkpoint (the standard resume of ``train_and_evaluate``); a run
+whose config changed is moved to ``_stale/`` and trained again. So the same command resumes a
+half-finished suite, and a report can be regenerated at any time from what has finished
+(``--report-only``); a report counts only the runs that are cached in this sense.
+
+Where the files live is not part of a run's identity, what they hold is: the hash leaves out
+``dataset.path`` and ``dataset.build_dir`` and takes in the data's identity instead (the SHA-256
+of a public dataset's files, the generator settings of synthetic logs). So a runs folder that is
+moved or copied elsewhere, or a ``--data-dir`` spelled another way, keeps its finished runs, while
+an edited data file retrains them. A moved run is rewritten to its new paths the next time the
+suite runs (its dataset build is made again at the new place: builds are cheap and keyed by path).
 """
 
 from __future__ import annotations
@@ -74,6 +81,7 @@ class Run:
     args: tuple[str, ...]  # the --config.KEY=VALUE overrides that give ``config``
     workdir: Path
     digest: str
+    data_id: str | None = None  # the data's identity (``data_identity``); None: no files there
 
     @property
     def command(self) -> str:
@@ -101,13 +109,42 @@ def digest(value: Any) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
-def run_digest(config: Mapping[str, Any], variant: Variant) -> str:
-    """What a finished run is cached under: its config, and for a training-free row what
-    scores it (the popularity window, the reference), which the config does not hold."""
-    if variant.trains:
-        return digest(config)
-    return digest({"config": config, "popularity_window": variant.popularity_window,
-                   "reference": variant.reference})
+LOCATIONS = ("path", "build_dir")  # the config.dataset keys that say where, not what
+
+
+def data_identity(key: str, path: Path) -> str | None:
+    """What a dataset is, wherever it lives: synthetic logs by their folder's name (a hash of
+    the generator's settings, see ``data_location``), public data by the SHA-256 of its files
+    (names relative to ``path`` and contents, dot-files skipped); None when nothing is there."""
+    path = Path(path)
+    if DATASETS[key].synthetic:
+        return path.name
+    if path.is_file():
+        files = {"": path}
+    elif path.is_dir():
+        files = {p.relative_to(path).as_posix(): p for p in sorted(path.rglob("*"))
+                 if p.is_file() and not any(part.startswith(".")
+                                            for part in p.relative_to(path).parts)}
+    else:
+        return None
+    if not files:
+        return None
+    h = hashlib.sha256()
+    for name, file in files.items():
+        with file.open("rb") as f:
+            h.update(f"{name}\0{hashlib.file_digest(f, 'sha256').hexdigest()}\0".encode())
+    return "sha256:" + h.hexdigest()[:16]
+
+
+def run_digest(config: Mapping[str, Any], variant: Variant, data_id: str | None) -> str:
+    """What a finished run is cached under: its config less where its files live, the data's
+    identity, and for a training-free row what scores it (the popularity window, the reference),
+    which the config does not hold."""
+    dataset = {k: v for k, v in config["dataset"].items() if k not in LOCATIONS}
+    key = {"config": {**config, "dataset": dataset}, "data": data_id}
+    if not variant.trains:
+        key.update(popularity_window=variant.popularity_window, reference=variant.reference)
+    return digest(key)
 
 
 def override_args(overrides: Mapping[str, Any]) -> list[str]:
@@ -164,10 +201,11 @@ def ensure_data(key: str, budget: str, *, data_dir: Path, out: Path) -> Path:
 
 # --------------------------------------------------------------------------- runs
 def resolve_run(suite: Suite, variant: Variant, seed: int, budget: str, *, data_path: Path,
-                out: Path) -> Run:
+                out: Path, data_id: str | None = None) -> Run:
     """The run's config: the variant's config file, then the budget's overrides, the variant's
     own (which win), the seed and the data path; its dataset build goes to ``out/_builds``
-    under the hash of the build key, so runs with the same data/context config share it."""
+    under the hash of the build key, so runs with the same data/context config share it.
+    ``data_id`` is the data's identity (``data_identity``), part of the run's hash."""
     from onepiece_jax.train.loop import build_key
 
     overrides = {**get_budget(budget).overrides, **variant.overrides, "seed": seed,
@@ -182,7 +220,7 @@ def resolve_run(suite: Suite, variant: Variant, seed: int, budget: str, *, data_
     args.append(f"--config.dataset.build_dir={build_dir}")
     workdir = Path(out) / suite.name / variant.name / f"seed{seed}"
     return Run(suite.name, variant, seed, budget, config, tuple(args), workdir,
-               run_digest(config.to_dict(), variant))
+               run_digest(config.to_dict(), variant, data_id), data_id)
 
 
 def select_variants(suite: Suite, patterns: Sequence[str]) -> frozenset[str]:
@@ -215,7 +253,9 @@ def plan_runs(suite: Suite, *, seeds: int, budget: str, out: Path, data_dir: Pat
     paths = {key: (ensure_data if key in wanted else data_location)(key, budget,
                                                                     data_dir=data_dir, out=out)
              for key in dict.fromkeys(v.data for v in suite.variants)}
-    return [resolve_run(suite, v, seed, budget, data_path=paths[v.data], out=out)
+    ids = {key: data_identity(key, path) for key, path in paths.items()}
+    return [resolve_run(suite, v, seed, budget, data_path=paths[v.data], out=out,
+                        data_id=ids[v.data])
             for seed in range(seeds) for v in suite.variants]
 
 
@@ -225,7 +265,8 @@ def read_record(workdir: Path) -> dict | None:
 
 
 def run_status(run: Run) -> str:
-    """``done`` (cached), ``partial`` (resumable), ``new``, or ``stale`` (another config)."""
+    """``done`` (cached), ``partial`` (resumable), ``new``, ``stale`` (another config or other
+    data), or ``unchecked`` (a run is there but its data is missing, so it cannot be compared)."""
     record = read_record(run.workdir)
     if record is None:
         if run.workdir.exists() and any(run.workdir.iterdir()):
@@ -233,22 +274,53 @@ def run_status(run: Run) -> str:
                              f"{run.workdir} exists but has no {RECORD} (not made by "
                              "`onepiece experiment`); move it away")
         return "new"
+    if run.data_id is None:
+        return "unchecked"
     if record.get("digest") != run.digest and not _same_config(record, run):
         return "stale"
     return "done" if (run.workdir / "results.json").is_file() else "partial"
 
 
-def _same_config(record: Mapping[str, Any], run: Run) -> bool:
-    """Whether the run's stored config (the record's; for records older than that, the
-    workdir's ``config.json``), with keys added since filled by their defaults, is the run's
-    config now."""
+def _stored_config(record: Mapping[str, Any], workdir: Path) -> Mapping[str, Any] | None:
+    """The config a run was made with: the record's, or for records older than that the
+    workdir's ``config.json``."""
     stored = record.get("config")
-    saved = run.workdir / "config.json"
+    saved = workdir / "config.json"
     if stored is None and saved.is_file():
         stored = json.loads(saved.read_text())
-    if not isinstance(stored, Mapping):
+    return stored if isinstance(stored, Mapping) else None
+
+
+def _same_config(record: Mapping[str, Any], run: Run) -> bool:
+    """Whether the run's stored config, with keys added since filled by their defaults, its data
+    and (training-free rows) what scored it are the run's now. Records older than the data's
+    identity name only the data's path: its files, if still there, are what the run was made
+    on."""
+    stored = _stored_config(record, run.workdir)
+    if stored is None:
         return False
-    return run_digest(with_defaults(stored, base_config().to_dict()), run.variant) == run.digest
+    stored = with_defaults(stored, base_config().to_dict())
+    data_id = (record["data_id"] if "data_id" in record
+               else data_identity(run.variant.data, Path(stored["dataset"]["path"])))
+    variant = dataclasses.replace(run.variant, **record.get("scorer", {}))
+    return run_digest(stored, variant, data_id) == run.digest
+
+
+def _relocate(run: Run) -> None:
+    """Points a moved run (its record, and ``config.json`` for ``onepiece eval`` and resuming)
+    at where its data and build are now; the caller has checked that it is the same run."""
+    record = read_record(run.workdir) or {}
+    new = {k: run.config.dataset[k] for k in LOCATIONS}
+    stored = (record.get("config") or {}).get("dataset", {})
+    if record.get("digest") == run.digest and all(stored.get(k) == v for k, v in new.items()):
+        return
+    saved = run.workdir / "config.json"
+    if saved.is_file():
+        config = json.loads(saved.read_text())
+        config["dataset"].update(new)
+        saved.write_text(json.dumps(config, indent=1))
+    _write_record(run, **{k: v for k, v in record.items()
+                          if k in ("status", "seconds")})
 
 
 def _move_aside(run: Run) -> Path:
@@ -263,7 +335,9 @@ def _move_aside(run: Run) -> Path:
 def _write_record(run: Run, **fields: Any) -> None:
     record = {"suite": run.suite, "variant": run.variant.name, "label": run.variant.label,
               "data": run.variant.data, "seed": run.seed, "budget": run.budget,
-              "digest": run.digest, "command": run.command, **fields,
+              "digest": run.digest, "data_id": run.data_id, "command": run.command,
+              "scorer": {"popularity_window": run.variant.popularity_window,
+                         "reference": run.variant.reference}, **fields,
               "config": json.loads(json.dumps(run.config.to_dict(), default=str))}
     (run.workdir / RECORD).write_text(json.dumps(record, indent=1))
 
@@ -274,6 +348,11 @@ def execute(run: Run, *, attention: bool = False) -> str:
     import jax
 
     status = run_status(run)
+    if status == "unchecked":
+        raise FileNotFoundError(f"suite {run.suite!r}, variant {run.variant.name!r}: no data at "
+                                f"{run.config.dataset.path}")
+    if status in ("done", "partial"):
+        _relocate(run)
     if status == "done":
         if attention and not (run.workdir / "attention.npz").is_file():
             _save_attention(run)
@@ -512,7 +591,8 @@ def _run_process(argv: list[str] | None = None) -> int:
     variant = next(v for v in suite.variants if v.name == args.variant)
     path = data_location(variant.data, args.budget, data_dir=Path(args.data_dir),
                          out=Path(args.out))
-    run = resolve_run(suite, variant, args.seed, args.budget, data_path=path, out=Path(args.out))
+    run = resolve_run(suite, variant, args.seed, args.budget, data_path=path, out=Path(args.out),
+                      data_id=data_identity(variant.data, path))
     if run.digest != args.digest:
         print(f"{args.suite}/{args.variant} seed {args.seed} resolves to config {run.digest}, "
               f"not {args.digest}: the suite changed while it ran", flush=True)

@@ -5,6 +5,7 @@ to end on the tiny budget (training, popularity scoring, attention maps, report)
 import dataclasses
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -28,6 +29,7 @@ from onepiece_jax.experiments.runner import (
     run_suite,
 )
 from onepiece_jax.experiments.suites import RANKING, Suite, Variant, get_suite
+from onepiece_jax.train.loop import train_and_evaluate
 
 
 def test_overrides_round_trip_through_the_command_line_parser():
@@ -87,7 +89,8 @@ def test_runs_share_a_build_when_their_data_and_context_agree(tmp_path):
 
 def _fake_run(tmp_path: Path, digest: str) -> Run:
     variant = Variant("v", "v", "synthetic", RANKING)
-    return Run("s", variant, 0, "tiny", base_config(), (), tmp_path / "s" / "v" / "seed0", digest)
+    return Run("s", variant, 0, "tiny", base_config(), (), tmp_path / "s" / "v" / "seed0", digest,
+               data_id="")  # synthetic logs are named by their folder; base_config's path is ""
 
 
 def test_status_cached_partial_stale_and_foreign(tmp_path):
@@ -114,8 +117,8 @@ def test_a_default_added_since_a_run_finished_keeps_it_cached(tmp_path):
     a finished run whose stored config lacks it still counts as done if it holds the default,
     from the record's config or, for records older than that, the workdir's config.json."""
     config = base_config()
-    run = dataclasses.replace(_fake_run(tmp_path, ""), config=config,
-                              digest=runner.digest(config.to_dict()))
+    run = dataclasses.replace(_fake_run(tmp_path, ""), config=config)
+    run = dataclasses.replace(run, digest=runner.run_digest(config.to_dict(), run.variant, ""))
     run.workdir.mkdir(parents=True)
     runner._write_record(run, status="done")
     (run.workdir / "results.json").write_text("{}")
@@ -126,13 +129,92 @@ def test_a_default_added_since_a_run_finished_keeps_it_cached(tmp_path):
     assert run_status(run) == "done"
     changed = base_config()
     changed.eval.max_examples = 100  # the new key set to something else: really another config
-    assert run_status(dataclasses.replace(run, config=changed,
-                                          digest=runner.digest(changed.to_dict()))) == "stale"
+    assert run_status(dataclasses.replace(
+        run, config=changed, digest=runner.run_digest(changed.to_dict(), run.variant, ""))
+    ) == "stale"
     (run.workdir / "config.json").write_text(json.dumps(record.pop("config")))
     (run.workdir / runner.RECORD).write_text(json.dumps(record))
     assert run_status(run) == "done"
     (run.workdir / "config.json").unlink()
     assert run_status(run) == "stale"
+
+
+def test_public_data_is_identified_by_its_files_not_their_place(tmp_path):
+    data = tmp_path / "a" / "ml-100k"
+    data.mkdir(parents=True)
+    (data / "ml-100k.inter").write_text("user_id:token\titem_id:token\n1\t2\n")
+    (data / "ml-100k.item").write_text("item_id:token\n2\n")
+    first = runner.data_identity("ml100k", data)
+    assert first.startswith("sha256:")
+    copy = tmp_path / "b" / "elsewhere"
+    shutil.copytree(data, copy)
+    (copy / ".DS_Store").write_text("finder")
+    assert runner.data_identity("ml100k", copy) == first
+    (copy / "ml-100k.item").write_text("item_id:token\n3\n")  # same size, other content
+    assert runner.data_identity("ml100k", copy) != first
+    (copy / "ml-100k.item").rename(copy / "ml-100k.items")
+    assert runner.data_identity("ml100k", copy) not in (first, None)
+    assert runner.data_identity("beauty", data / "ml-100k.inter").startswith("sha256:")
+    assert runner.data_identity("ml100k", tmp_path / "missing") is None
+    assert runner.data_identity("synthetic", tmp_path / "x" / "synthetic-9u-9i-abc") == (
+        "synthetic-9u-9i-abc")
+
+
+def test_a_run_on_other_data_is_stale_and_one_whose_data_is_missing_is_unchecked(tmp_path):
+    run = _fake_run(tmp_path, "aaa")
+    run.workdir.mkdir(parents=True)
+    runner._write_record(run, status="done")
+    (run.workdir / "results.json").write_text("{}")
+    for data_id, status in (("", "done"), ("sha256:other", "stale"), (None, "unchecked")):
+        config = run.config.to_dict()
+        other = dataclasses.replace(run, data_id=data_id,
+                                    digest=runner.run_digest(config, run.variant, data_id))
+        assert run_status(other) == status, data_id
+    with pytest.raises(FileNotFoundError, match="variant 'v': no data at"):
+        execute(dataclasses.replace(run, data_id=None))
+
+
+def _popularity_suite(monkeypatch, window: int = 7 * 86_400) -> Suite:
+    suite = Suite("pop", "t", "p", (Variant("pop.week", "Popularity", "synthetic", RANKING,
+                                            popularity_window=window),))
+    monkeypatch.setattr(runner, "get_suite", lambda name: suite)
+    return suite
+
+
+def test_a_moved_runs_folder_keeps_its_finished_runs_and_points_them_at_their_new_place(
+        tmp_path, monkeypatch):
+    _popularity_suite(monkeypatch)
+    run_suite("pop", seeds=1, budget="tiny", out=tmp_path / "a", data_dir=tmp_path / "data",
+              reports=tmp_path / "reports")
+    shutil.move(tmp_path / "a", tmp_path / "b")
+    workdir = tmp_path / "b" / "pop" / "pop.week" / "seed0"
+    record = json.loads((workdir / runner.RECORD).read_text())
+    assert str(tmp_path / "a") in record["config"]["dataset"]["path"]
+    del record["data_id"]  # as a record written before the data's identity was kept
+    (workdir / runner.RECORD).write_text(json.dumps(record))
+
+    def no_scoring(run):
+        raise AssertionError(f"{run.variant.name} scored again although cached")
+
+    monkeypatch.setattr(runner, "_score_without_training", no_scoring)
+    text = run_suite("pop", seeds=1, budget="tiny", out=tmp_path / "b",
+                     data_dir=tmp_path / "data", reports=tmp_path / "reports").read_text()
+    assert "runs finished: 1 of 1" in text
+    record = json.loads((workdir / runner.RECORD).read_text())
+    assert record["config"]["dataset"]["path"].startswith(str(tmp_path / "b"))
+    assert record["config"]["dataset"]["build_dir"].startswith(str(tmp_path / "b"))
+    assert record["data_id"].startswith("synthetic-") and record["status"] == "done"
+
+
+def test_a_report_does_not_count_a_run_made_with_another_config(tmp_path, monkeypatch):
+    kwargs = dict(seeds=1, budget="tiny", out=tmp_path / "runs", data_dir=tmp_path / "data",
+                  reports=tmp_path / "reports")
+    _popularity_suite(monkeypatch)
+    assert "runs finished: 1 of 1" in run_suite("pop", **kwargs).read_text()
+    _popularity_suite(monkeypatch, window=86_400)  # the suite's row changed since it ran
+    text = run_suite("pop", report_only=True, **kwargs).read_text()
+    assert "runs finished: 0 of 1" in text
+    assert "| pop.week | 0 | stale: made with another config or data, not counted |" in text
 
 
 def _scripted_runs(tmp_path: Path, monkeypatch, scripts: dict[str, str]
@@ -284,6 +366,25 @@ def test_smallest_suite_end_to_end_on_the_tiny_budget(tmp_path, monkeypatch):
         np.testing.assert_array_equal(saved["uniform"] > 0, saved["maps"].max(axis=(0, 1)) > 0)
     logs = sorted(p.name for p in (tmp_path / "runs" / "attention" / "_logs").iterdir())
     assert logs == ["ranking-seed0.log", "retrieval-seed0.log"]
+
+    # moved elsewhere, one run cut off before its test score: the finished one stays cached,
+    # the other resumes (its stored paths rewritten, so the resume check accepts it)
+    moved = tmp_path / "moved"
+    shutil.move(tmp_path / "runs", moved)
+    (moved / "attention" / "retrieval" / "seed0" / "results.json").unlink()
+    trained = []
+
+    def train(run):
+        trained.append(run.variant.name)
+        train_and_evaluate(run.config, run.workdir, progress=False)
+        return "trained"
+
+    monkeypatch.setattr(runner, "_train", train)
+    kwargs["out"] = moved
+    assert run_suite("attention", **kwargs).read_text().count("| done |") == 2
+    assert trained == ["retrieval"]
+    config = json.loads((moved / "attention" / "ranking" / "seed0" / "config.json").read_text())
+    assert config["dataset"]["build_dir"].startswith(str(moved))
 
     def no_training(run):
         raise AssertionError(f"{run.variant.name} retrained although cached")
