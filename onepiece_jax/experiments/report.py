@@ -34,6 +34,7 @@ class RunRecord:
     history: list
     record: dict
     status: str = "done"  # runner.run_status: only a "done" run's result counts
+    data_id: str | None = None  # runner.data_identity of the run's data
 
     @property
     def done(self) -> bool:
@@ -77,7 +78,7 @@ def load_records(runs: Sequence) -> list[RunRecord]:
             result=json.loads(results.read_text()) if results.is_file() else None,
             history=json.loads(history.read_text()) if history.is_file() else [],
             record=json.loads(record.read_text()) if record.is_file() else {},
-            status=run_status(run)))
+            status=run_status(run), data_id=run.data_id))
     return out
 
 
@@ -321,6 +322,18 @@ def _runs_section(records: Sequence[RunRecord]) -> list[str]:
                "", "</details>", ""])
 
 
+def _data_line(key: str, data_id: str | None) -> str:
+    """What a dataset is: the signals planted in a synthetic world, or which files a public
+    dataset's runs were checked against (a reader can hash their own copy the same way)."""
+    world = DATASETS[key]
+    if world.planted:
+        return f"- **{world.title}**: {world.planted}"
+    if data_id is None:
+        return f"- **{world.title}**: `{world.path}` not found, so its runs are not counted"
+    return (f"- **{world.title}** ({world.source}): `{world.path}`, files {data_id} "
+            "(`onepiece_jax.experiments.runner.data_identity`)")
+
+
 def render_report(suite: Suite, records: Sequence[RunRecord], *, budget: str, seeds: int,
                   command: str, out_dir: Path) -> tuple[str, dict]:
     """The markdown text and the summary dict; writes the plots into ``out_dir``."""
@@ -333,10 +346,8 @@ def render_report(suite: Suite, records: Sequence[RunRecord], *, budget: str, se
              f"of {len(records)}" + ("" if finished == len(records) else " — INCOMPLETE"), ""]
     if suite.signals:
         lines += ["## What each component should exploit", "", suite.signals, ""]
-    worlds = [DATASETS[k] for k in dict.fromkeys(r.variant.data for r in records)]
-    planted = [f"- **{w.title}**: {w.planted}" for w in worlds if w.planted]
-    if planted:
-        lines += ["## Data", "", *planted, ""]
+    data = dict.fromkeys((r.variant.data, r.data_id) for r in records)
+    lines += ["## Data", "", *(_data_line(key, data_id) for key, data_id in data), ""]
     lines += ["## Results", ""]
     summary: dict = {"suite": suite.name, "budget": budget, "seeds": seeds, "command": command,
                      "variants": {}, "findings": []}

@@ -115,12 +115,15 @@ LOCATIONS = ("path", "build_dir")  # the config.dataset keys that say where, not
 def data_identity(key: str, path: Path) -> str | None:
     """What a dataset is, wherever it lives: synthetic logs by their folder's name (a hash of
     the generator's settings, see ``data_location``), public data by the SHA-256 of its files
-    (names relative to ``path`` and contents, dot-files skipped); None when nothing is there."""
+    (names and contents, dot-files skipped): a folder's files, or a file with the companions
+    that share its stem (S3-Rec's ``NAME_item2attributes.json`` beside ``NAME.txt``); None when
+    nothing is there."""
     path = Path(path)
     if DATASETS[key].synthetic:
         return path.name
     if path.is_file():
-        files = {"": path}
+        files = {p.name: p for p in sorted(path.parent.iterdir())
+                 if p.is_file() and (p == path or p.name.startswith(f"{path.stem}_"))}
     elif path.is_dir():
         files = {p.relative_to(path).as_posix(): p for p in sorted(path.rglob("*"))
                  if p.is_file() and not any(part.startswith(".")

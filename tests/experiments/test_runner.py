@@ -154,7 +154,16 @@ def test_public_data_is_identified_by_its_files_not_their_place(tmp_path):
     assert runner.data_identity("ml100k", copy) != first
     (copy / "ml-100k.item").rename(copy / "ml-100k.items")
     assert runner.data_identity("ml100k", copy) not in (first, None)
-    assert runner.data_identity("beauty", data / "ml-100k.inter").startswith("sha256:")
+    beauty = tmp_path / "amazon" / "Beauty.txt"
+    beauty.parent.mkdir()
+    beauty.write_text("1 2 3\n")
+    (beauty.parent / "Sports.txt").write_text("4 5\n")
+    alone = runner.data_identity("beauty", beauty)
+    (beauty.parent / "Beauty_item2attributes.json").write_text("{}")  # read beside Beauty.txt
+    with_attributes = runner.data_identity("beauty", beauty)
+    assert alone.startswith("sha256:") and with_attributes != alone
+    (beauty.parent / "Sports.txt").write_text("6 7\n")  # another dataset in the same folder
+    assert runner.data_identity("beauty", beauty) == with_attributes
     assert runner.data_identity("ml100k", tmp_path / "missing") is None
     assert runner.data_identity("synthetic", tmp_path / "x" / "synthetic-9u-9i-abc") == (
         "synthetic-9u-9i-abc")
@@ -309,6 +318,8 @@ def test_variant_patterns_run_only_the_matching_rows_and_the_report_keeps_the_re
     assert "runs finished: 1 of 3" in text
     assert "| pop.day | 0 | not started |" in text and "| pop.week | 0 | done |" in text
     assert "| ml.day | 0 | not started |" in text and not (tmp_path / "data").exists()
+    assert "- **MovieLens-100K** (fetched from the recbole==1.2.1 wheel on PyPI when missing): " \
+           "`ml-100k` not found, so its runs are not counted" in text
     assert "pop: 1 of 3 runs" in capsys.readouterr().out
     assert "--seeds 1 --out" in text and "--variants '*.week'`" in text  # the rows it trained
     with pytest.raises(ValueError, match=r"--variants 'pop\.month' matches no variant of suite "
