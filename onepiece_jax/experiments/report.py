@@ -328,10 +328,10 @@ def _data_line(key: str, data_id: str | None) -> str:
     world = DATASETS[key]
     if world.planted:
         return f"- **{world.title}**: {world.planted}"
+    where = f"- **{world.title}** ({world.source}): `{world.path}`"
     if data_id is None:
-        return f"- **{world.title}**: `{world.path}` not found, so its runs are not counted"
-    return (f"- **{world.title}** ({world.source}): `{world.path}`, files {data_id} "
-            "(`onepiece_jax.experiments.runner.data_identity`)")
+        return f"{where} not found, so its runs are not counted"
+    return f"{where}, files {data_id} (`onepiece_jax.experiments.runner.data_identity`)"
 
 
 def render_report(suite: Suite, records: Sequence[RunRecord], *, budget: str, seeds: int,
