@@ -176,18 +176,20 @@ def plot_bars(labels: Sequence[str], stats: Sequence[Stat], metric: str, title: 
     errors = [s.std if s.n > 1 else 0.0 for s in stats]
     colors = ["0.6" if g else "tab:blue" for g in (muted or [False] * len(labels))]
     ax.barh(y, means, xerr=errors, color=colors, alpha=0.8, capsize=3)
+    seeds = max((s.n for s in stats), default=0)
     for yi, mean, err, s in zip(y, means, errors, stats, strict=True):
-        if s.n:  # the value right of its error bar
-            ax.text(mean + err, yi, f"  {mean:.4f}", va="center", fontsize=8)
+        if s.n:  # the value right of its error bar, and its seeds where fewer than the rest
+            fewer = f" ({s.n} seed{'s' * (s.n != 1)})" if s.n < seeds else ""
+            ax.text(mean + err, yi, f"  {mean:.4f}{fewer}", va="center", fontsize=8)
     ax.set_yticks(y, labels, fontsize=8)
     ax.invert_yaxis()
     low = 0.0
     if metric.endswith("AUC"):  # 0.5 is chance: start there unless a bar is below it
         low = max(0.0, min([m - e for m, e in zip(means, errors, strict=True)] + [0.5]) - 0.02)
     high = max(m + e for m, e in zip(means, errors, strict=True))
-    ax.set_xlim(low, high + 0.18 * max(high - low, 1e-6))
-    seeds = max((s.n for s in stats), default=0)
-    ax.set_xlabel(f"test {metric} (mean ± std over {seeds} seed{'s' * (seeds != 1)})")
+    ax.set_xlim(low, high + 0.25 * max(high - low, 1e-6))
+    upto = "" if len({s.n for s in stats if s.n}) <= 1 else "up to "
+    ax.set_xlabel(f"test {metric} (mean ± std over {upto}{seeds} seed{'s' * (seeds != 1)})")
     ax.set_title(title, fontsize=9)
     ax.grid(axis="x", alpha=0.3)
     fig.tight_layout()
