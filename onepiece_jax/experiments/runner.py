@@ -81,7 +81,7 @@ class Run:
     args: tuple[str, ...]  # the --config.KEY=VALUE overrides that give ``config``
     workdir: Path
     digest: str
-    data_id: str | None = None  # the data's identity (``data_identity``); None: no files there
+    data_id: str | None  # the data's identity (``data_identity``); None: no files there
 
     @property
     def command(self) -> str:
@@ -204,7 +204,7 @@ def ensure_data(key: str, budget: str, *, data_dir: Path, out: Path) -> Path:
 
 # --------------------------------------------------------------------------- runs
 def resolve_run(suite: Suite, variant: Variant, seed: int, budget: str, *, data_path: Path,
-                out: Path, data_id: str | None = None) -> Run:
+                out: Path, data_id: str | None) -> Run:
     """The run's config: the variant's config file, then the budget's overrides, the variant's
     own (which win), the seed and the data path; its dataset build goes to ``out/_builds``
     under the hash of the build key, so runs with the same data/context config share it.
@@ -284,23 +284,17 @@ def run_status(run: Run) -> str:
     return "done" if (run.workdir / "results.json").is_file() else "partial"
 
 
-def _stored_config(record: Mapping[str, Any], workdir: Path) -> Mapping[str, Any] | None:
-    """The config a run was made with: the record's, or for records older than that the
-    workdir's ``config.json``."""
-    stored = record.get("config")
-    saved = workdir / "config.json"
-    if stored is None and saved.is_file():
-        stored = json.loads(saved.read_text())
-    return stored if isinstance(stored, Mapping) else None
-
-
 def _same_config(record: Mapping[str, Any], run: Run) -> bool:
-    """Whether the run's stored config, with keys added since filled by their defaults, its data
-    and (training-free rows) what scored it are the run's now. Records older than the data's
+    """Whether the run's stored config (the record's; for records older than that, the
+    workdir's ``config.json``), with keys added since filled by their defaults, its data and
+    (training-free rows) what scored it are the run's now. Records older than the data's
     identity name only the data's path: its files, if still there, are what the run was made
     on."""
-    stored = _stored_config(record, run.workdir)
-    if stored is None:
+    stored = record.get("config")
+    saved = run.workdir / "config.json"
+    if stored is None and saved.is_file():
+        stored = json.loads(saved.read_text())
+    if not isinstance(stored, Mapping):
         return False
     stored = with_defaults(stored, base_config().to_dict())
     data_id = (record["data_id"] if "data_id" in record

@@ -46,7 +46,8 @@ def test_unknown_override_key_names_suite_variant_and_key(tmp_path):
     suite = Suite("mine", "t", "p", (Variant("bad", "bad", "synthetic", RANKING,
                                              {"model.no_such_field": 1}),))
     with pytest.raises(ConfigError, match=r"suite 'mine', variant 'bad'.*model\.no_such_field"):
-        resolve_run(suite, suite.variants[0], 0, "tiny", data_path=tmp_path, out=tmp_path)
+        resolve_run(suite, suite.variants[0], 0, "tiny", data_path=tmp_path, out=tmp_path,
+                    data_id=None)
 
 
 def test_cli_lists_suites_and_rejects_unknown_names(capsys):
