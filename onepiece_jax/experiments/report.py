@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from onepiece_jax.experiments.suites import BUDGETS, DATASETS, Finding, Suite, Variant
+from onepiece_jax.files import read_json
 
 
 @dataclasses.dataclass(frozen=True)
@@ -75,9 +76,9 @@ def load_records(runs: Sequence) -> list[RunRecord]:
             variant=run.variant, seed=run.seed, mode=str(run.config.mode),
             headline=str(run.config.train.early_stop_metric), command=run.command,
             digest=run.digest, workdir=run.workdir,
-            result=json.loads(results.read_text()) if results.is_file() else None,
-            history=json.loads(history.read_text()) if history.is_file() else [],
-            record=json.loads(record.read_text()) if record.is_file() else {},
+            result=read_json(results, "results") if results.is_file() else None,
+            history=read_json(history, "history") if history.is_file() else [],
+            record=read_json(record, "run record") if record.is_file() else {},
             status=run_status(run), data_id=run.data_id))
     return out
 

@@ -58,6 +58,7 @@ from onepiece_jax.experiments.suites import (
     get_budget,
     get_suite,
 )
+from onepiece_jax.files import read_json, sha256_file, write_atomic, write_json
 
 RECORD = "experiment.json"
 EXIT_PREEMPTED = 75  # a run process that was preempted and saved (EX_TEMPFAIL)
@@ -134,8 +135,7 @@ def data_identity(key: str, path: Path) -> str | None:
         return None
     h = hashlib.sha256()
     for name, file in files.items():
-        with file.open("rb") as f:
-            h.update(f"{name}\0{hashlib.file_digest(f, 'sha256').hexdigest()}\0".encode())
+        h.update(f"{name}\0{sha256_file(file)}\0".encode())
     return "sha256:" + h.hexdigest()[:16]
 
 
@@ -264,7 +264,7 @@ def plan_runs(suite: Suite, *, seeds: int, budget: str, out: Path, data_dir: Pat
 
 def read_record(workdir: Path) -> dict | None:
     path = Path(workdir) / RECORD
-    return json.loads(path.read_text()) if path.is_file() else None
+    return read_json(path, "run record") if path.is_file() else None
 
 
 def run_status(run: Run) -> str:
@@ -293,7 +293,7 @@ def _same_config(record: Mapping[str, Any], run: Run) -> bool:
     stored = record.get("config")
     saved = run.workdir / "config.json"
     if stored is None and saved.is_file():
-        stored = json.loads(saved.read_text())
+        stored = read_json(saved, "config")
     if not isinstance(stored, Mapping):
         return False
     stored = with_defaults(stored, base_config().to_dict())
@@ -313,9 +313,9 @@ def _relocate(run: Run) -> None:
         return
     saved = run.workdir / "config.json"
     if saved.is_file():
-        config = json.loads(saved.read_text())
+        config = read_json(saved, "config")
         config["dataset"].update(new)
-        saved.write_text(json.dumps(config, indent=1))
+        write_json(saved, config)
     _write_record(run, **{k: v for k, v in record.items()
                           if k in ("status", "seconds")})
 
@@ -336,7 +336,7 @@ def _write_record(run: Run, **fields: Any) -> None:
               "scorer": {"popularity_window": run.variant.popularity_window,
                          "reference": run.variant.reference}, **fields,
               "config": json.loads(json.dumps(run.config.to_dict(), default=str))}
-    (run.workdir / RECORD).write_text(json.dumps(record, indent=1))
+    write_json(run.workdir / RECORD, record)
 
 
 def execute(run: Run, *, attention: bool = False) -> str:
@@ -398,9 +398,9 @@ def _score_without_training(run: Run) -> str:
 
         build = ensure_built(run.config, run.workdir)
         result = evaluate_popularity(run.config, build, int(run.variant.popularity_window))
-    (run.workdir / "config.json").write_text(run.config.to_json_best_effort(indent=1))
-    (run.workdir / "history.json").write_text("[]")
-    (run.workdir / "results.json").write_text(json.dumps(result, indent=1))
+    write_atomic(run.workdir / "config.json", run.config.to_json_best_effort(indent=1))
+    write_json(run.workdir / "history.json", [])
+    write_json(run.workdir / "results.json", result)
     return "scored"
 
 

@@ -47,6 +47,7 @@ from onepiece_jax.eval.ranking import task_readouts, task_scores
 from onepiece_jax.eval.retrieval import protocol_string
 from onepiece_jax.eval.runner import ranking_protocol_string
 from onepiece_jax.export import serve
+from onepiece_jax.files import write_json
 from onepiece_jax.model.config import from_config as model_config_from
 from onepiece_jax.model.onepiece import OnePiece
 from onepiece_jax.train.checkpoint import CheckpointError, Checkpoints
@@ -330,7 +331,7 @@ def export_workdir(workdir: str | Path, out: str | Path, *, checkpoint: str = "b
             shutil.copyfile(source, out / name)
     manifest = _manifest(served, functions, items)
     manifest["files"] = {p.name: serve.file_record(p) for p in sorted(out.iterdir())}
-    (out / serve.MANIFEST).write_text(json.dumps(manifest, indent=1))
+    write_json(out / serve.MANIFEST, manifest)
     return manifest
 
 

@@ -24,9 +24,7 @@ prints warnings, and the others wait for it at a barrier.
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
 import shutil
 import sys
 import time
@@ -37,6 +35,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from onepiece_jax.files import sha256_file, write_atomic
 from onepiece_jax.parallel.distributed import barrier, is_primary
 
 LATEST, BEST = "checkpoints", "best"
@@ -54,24 +53,11 @@ class _Corrupt(Exception):
         self.reason = reason
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def write_manifest(step_dir: Path) -> None:
     """Records size and SHA-256 of every file under a finished step directory (atomically)."""
-    files = {p.relative_to(step_dir).as_posix(): [p.stat().st_size, _sha256(p)]
+    files = {p.relative_to(step_dir).as_posix(): [p.stat().st_size, sha256_file(p)]
              for p in sorted(step_dir.rglob("*")) if p.is_file() and p.name != MANIFEST}
-    tmp = step_dir / f".{MANIFEST}.tmp"
-    with tmp.open("w") as f:
-        json.dump({"version": 1, "files": files}, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, step_dir / MANIFEST)
+    write_atomic(step_dir / MANIFEST, json.dumps({"version": 1, "files": files}), sync=True)
 
 
 def verify_step(step_dir: Path) -> str | None:
@@ -94,7 +80,7 @@ def verify_step(step_dir: Path) -> str | None:
         actual = path.stat().st_size
         if actual != size:
             return f"{rel} has {actual} bytes, expected {size} (truncated?)"
-        if _sha256(path) != digest:
+        if sha256_file(path) != digest:
             return f"{rel} does not match its SHA-256 (garbled)"
     return None
 

@@ -51,6 +51,7 @@ from onepiece_jax.data.tfds_builder import build, dataset_label, read_log
 from onepiece_jax.eval.ranking import task_readouts, task_scores
 from onepiece_jax.eval.retrieval import catalogue_layout, catalogue_vectors
 from onepiece_jax.eval.runner import eval_subset, evaluate_ranking, evaluate_retrieval
+from onepiece_jax.files import read_json, write_atomic, write_json
 from onepiece_jax.model.config import from_config as model_config_from
 from onepiece_jax.model.onepiece import OnePiece, param_summary
 from onepiece_jax.parallel import distributed
@@ -114,12 +115,12 @@ def ensure_built(config, workdir: Path, log: EventLog | None = None) -> Path:
                               "hosts config.dataset.build_dir must be on a shared filesystem")
     with _build_lock(out):
         if stamp.is_file():
-            if json.loads(stamp.read_text()) != key:
+            if read_json(stamp, "dataset stamp") != key:
                 raise ConfigError(f"{out} holds a dataset built from a different config.dataset/"
                                   "context/tasks; point config.dataset.build_dir elsewhere")
         else:
             build(read_log(config) if log is None else log, ContextConfig.from_config(config), out)
-            stamp.write_text(json.dumps(key, indent=1))
+            write_json(stamp, key)
     if jax.process_count() > 1 and distributed.is_primary():
         distributed.barrier("dataset built")
     return out
@@ -406,7 +407,7 @@ def _save_config(config, workdir: Path) -> None:
     text = saved.to_json_best_effort(indent=1)
     if path.is_file():
         # the stored run as this version reads it: a key added since holds its default
-        before = _resume_identity(from_stored(json.loads(path.read_text()), str(path)))
+        before = _resume_identity(from_stored(read_json(path, "config"), str(path)))
         now = _resume_identity(saved)
         changed = sorted(k for k in before.keys() | now.keys() if before.get(k) != now.get(k))
         if changed:
@@ -416,14 +417,14 @@ def _save_config(config, workdir: Path) -> None:
                               + "); use a new --workdir, or the stored values to resume")
     distributed.barrier("config checked")  # every process compared before process 0 writes
     if distributed.is_primary():
-        path.write_text(text)
+        write_atomic(path, text)
 
 
 def load_workdir_config(workdir: str | Path) -> ml_collections.ConfigDict:
     path = Path(workdir) / "config.json"
     if not path.is_file():
         raise FileNotFoundError(f"{workdir} has no config.json: not a training workdir")
-    return from_stored(json.loads(path.read_text()), str(path))
+    return from_stored(read_json(path, "config"), str(path))
 
 
 def train_and_evaluate(config, workdir: str | Path, *, progress: bool = True,
@@ -554,7 +555,7 @@ def _train_and_evaluate(config, workdir: str | Path, *, progress: bool,
                     or book["bad_epochs"] >= int(tcfg.early_stop_patience))
     bar.close()
     if distributed.is_primary():
-        (workdir / "history.json").write_text(json.dumps(book["history"], indent=1))
+        write_json(workdir / "history.json", book["history"])
     results = evaluate_workdir(workdir, split="test", checkpoint="best", job=job)
     if writer is not None:
         writer.close()
@@ -702,11 +703,10 @@ def evaluate_workdir(workdir: str | Path, *, split: str = "test", checkpoint: st
     result = evaluate_split(job, state.params, arrays, split)
     result["checkpoint"] = {"which": checkpoint, "step": step}
     if write and distributed.is_primary():
-        text = json.dumps(result, indent=1)
-        (workdir / "results.json").write_text(text)
         kept = "excluded" if job.config.eval.exclude_history else "included"
         (workdir / "results").mkdir(exist_ok=True)
-        (workdir / "results" / f"{split}-history-{kept}.json").write_text(text)
+        write_json(workdir / "results" / f"{split}-history-{kept}.json", result)
+        write_json(workdir / "results.json", result)
     if distributed.is_primary():
         print(json.dumps(result), flush=True)
     return result

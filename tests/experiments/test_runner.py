@@ -216,6 +216,29 @@ def test_a_moved_runs_folder_keeps_its_finished_runs_and_points_them_at_their_ne
     assert record["data_id"].startswith("synthetic-") and record["status"] == "done"
 
 
+def test_running_a_hard_linked_copy_of_a_runs_folder_leaves_the_original_as_it_was(
+        tmp_path, monkeypatch):
+    _popularity_suite(monkeypatch)
+    kwargs = dict(seeds=1, budget="tiny", data_dir=tmp_path / "data", reports=tmp_path / "r")
+    run_suite("pop", out=tmp_path / "a", **kwargs)
+    shutil.copytree(tmp_path / "a", tmp_path / "b", copy_function=os.link)  # as `cp -al`
+    workdir = Path("pop") / "pop.week" / "seed0"
+    before = {name: (tmp_path / "a" / workdir / name).read_text()
+              for name in (runner.RECORD, "config.json")}
+    assert "runs finished: 1 of 1" in run_suite("pop", out=tmp_path / "b", **kwargs).read_text()
+    assert str(tmp_path / "b") in (tmp_path / "b" / workdir / runner.RECORD).read_text()
+    for name, text in before.items():
+        assert (tmp_path / "a" / workdir / name).read_text() == text, name
+
+
+def test_a_cut_short_run_record_is_an_error_naming_it(tmp_path):
+    run = _fake_run(tmp_path, "aaa")
+    run.workdir.mkdir(parents=True)
+    (run.workdir / runner.RECORD).write_text('{"suite": "t", "dig')
+    with pytest.raises(ValueError, match=f"run record {run.workdir / runner.RECORD} is not"):
+        run_status(run)
+
+
 def test_a_report_does_not_count_a_run_made_with_another_config(tmp_path, monkeypatch):
     kwargs = dict(seeds=1, budget="tiny", out=tmp_path / "runs", data_dir=tmp_path / "data",
                   reports=tmp_path / "reports")

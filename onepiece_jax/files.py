@@ -1,0 +1,56 @@
+"""Writing and reading the small files whose presence means something: a run's record and
+``results.json`` (a run is finished when it exists), checkpoint manifests, dataset stamps, bundle
+manifests.
+
+Such a file written in place and cut short by a kill or a full disk would be read later as
+finished but garbled, so writes go to a temporary sibling that replaces the file only once
+complete. Replacing also gives the path a new inode, so a hard-linked copy of a folder
+(``cp -al``) keeps its own version when the other is updated. A leaf module: standard library
+only, used by ``train/``, ``experiments/`` and ``export/`` (whose ``serve.py`` keeps its own
+hash, as it runs without this package).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+
+def sha256_file(path: str | Path) -> str:
+    """Hex SHA-256 of a file's bytes, read in chunks."""
+    with Path(path).open("rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def write_atomic(path: str | Path, text: str, *, sync: bool = False) -> None:
+    """Writes ``text`` to ``path`` so that a reader sees the old file or the whole new one,
+    never a part; ``sync`` also flushes it to disk first (for files that vouch for others)."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp.{os.getpid()}")
+    try:
+        with tmp.open("w") as f:
+            f.write(text)
+            if sync:
+                f.flush()
+                os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_json(path: str | Path, value: Any, **dumps: Any) -> None:
+    """``value`` as JSON (``indent=1`` unless given), written atomically."""
+    write_atomic(path, json.dumps(value, **{"indent": 1, **dumps}))
+
+
+def read_json(path: str | Path, what: str = "file") -> Any:
+    """A JSON file's value; a file that is not JSON is a ``ValueError`` naming it."""
+    path = Path(path)
+    try:
+        return json.loads(path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"{what} {path} is not valid JSON ({e}); it was cut short or "
+                         "edited: restore it, or move its folder away") from e

@@ -1,0 +1,48 @@
+"""Atomic writes and JSON reads of the files whose presence marks a finished step."""
+
+import hashlib
+import json
+import os
+
+import pytest
+
+from onepiece_jax import files
+
+
+def test_an_interrupted_write_leaves_the_old_file_whole_and_no_temporary(tmp_path, monkeypatch):
+    path = tmp_path / "results.json"
+    files.write_json(path, {"NDCG@10": 0.1})
+
+    def killed(src, dst):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(files.os, "replace", killed)
+    with pytest.raises(OSError, match="disk full"):
+        files.write_json(path, {"NDCG@10": 0.2})
+    assert json.loads(path.read_text()) == {"NDCG@10": 0.1}
+    assert [p.name for p in tmp_path.iterdir()] == ["results.json"]
+
+
+def test_a_hard_linked_copy_keeps_its_version_when_the_original_is_rewritten(tmp_path):
+    original, copy = tmp_path / "a.json", tmp_path / "b.json"
+    files.write_json(original, [1])
+    os.link(original, copy)
+    files.write_atomic(original, "[2]", sync=True)
+    assert json.loads(original.read_text()) == [2] and json.loads(copy.read_text()) == [1]
+
+
+def test_a_file_that_is_not_json_is_named_in_the_error(tmp_path):
+    path = tmp_path / "experiment.json"
+    path.write_text('{"status": "do')
+    with pytest.raises(ValueError, match=f"run record {path} is not valid JSON"):
+        files.read_json(path, "run record")
+    path.write_bytes(b"\xff\xfe")
+    with pytest.raises(ValueError, match="experiment.json is not valid JSON"):
+        files.read_json(path)
+
+
+def test_sha256_file_is_the_digest_of_the_bytes(tmp_path):
+    path = tmp_path / "weights.npz"
+    data = os.urandom(3 << 20)  # several read chunks
+    path.write_bytes(data)
+    assert files.sha256_file(path) == hashlib.sha256(data).hexdigest()
