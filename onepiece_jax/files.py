@@ -1,6 +1,7 @@
-"""Writing and reading the small files whose presence means something: a run's record and
-``results.json`` (a run is finished when it exists), checkpoint manifests, dataset stamps, bundle
-manifests.
+"""Files: what a dataset's files hold (``content_id``, so that a moved dataset is the same
+data), and writing and reading the small files whose presence means something: a run's record
+and ``results.json`` (a run is finished when it exists), checkpoint manifests, dataset stamps,
+bundle manifests.
 
 Such a file written in place and cut short by a kill or a full disk would be read later as
 finished but garbled, so writes go to a temporary sibling that replaces the file only once
@@ -23,6 +24,31 @@ def sha256_file(path: str | Path) -> str:
     """Hex SHA-256 of a file's bytes, read in chunks."""
     with Path(path).open("rb") as f:
         return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def content_id(path: str | Path) -> str | None:
+    """What a dataset's files hold, wherever they are: the SHA-256 of their names and contents
+    (dot-files skipped). A folder counts all its files; a file counts with the companions that
+    share its stem (S3-Rec's ``NAME_item2attributes.json`` beside ``NAME.txt``). None when
+    nothing is there (or no path is given)."""
+    if not str(path):
+        return None
+    path = Path(path)
+    if path.is_file():
+        files = {p.name: p for p in sorted(path.parent.iterdir())
+                 if p.is_file() and (p == path or p.name.startswith(f"{path.stem}_"))}
+    elif path.is_dir():
+        files = {p.relative_to(path).as_posix(): p for p in sorted(path.rglob("*"))
+                 if p.is_file() and not any(part.startswith(".")
+                                            for part in p.relative_to(path).parts)}
+    else:
+        return None
+    if not files:
+        return None
+    h = hashlib.sha256()
+    for name, file in files.items():
+        h.update(f"{name}\0{sha256_file(file)}\0".encode())
+    return "sha256:" + h.hexdigest()[:16]
 
 
 def write_atomic(path: str | Path, text: str, *, sync: bool = False) -> None:

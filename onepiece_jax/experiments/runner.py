@@ -58,7 +58,7 @@ from onepiece_jax.experiments.suites import (
     get_budget,
     get_suite,
 )
-from onepiece_jax.files import read_json, sha256_file, write_atomic, write_json
+from onepiece_jax.files import content_id, read_json, write_atomic, write_json
 
 RECORD = "experiment.json"
 EXIT_PREEMPTED = 75  # a run process that was preempted and saved (EX_TEMPFAIL)
@@ -115,28 +115,9 @@ LOCATIONS = ("path", "build_dir")  # the config.dataset keys that say where, not
 
 def data_identity(key: str, path: Path) -> str | None:
     """What a dataset is, wherever it lives: synthetic logs by their folder's name (a hash of
-    the generator's settings, see ``data_location``), public data by the SHA-256 of its files
-    (names and contents, dot-files skipped): a folder's files, or a file with the companions
-    that share its stem (S3-Rec's ``NAME_item2attributes.json`` beside ``NAME.txt``); None when
-    nothing is there."""
-    path = Path(path)
-    if DATASETS[key].synthetic:
-        return path.name
-    if path.is_file():
-        files = {p.name: p for p in sorted(path.parent.iterdir())
-                 if p.is_file() and (p == path or p.name.startswith(f"{path.stem}_"))}
-    elif path.is_dir():
-        files = {p.relative_to(path).as_posix(): p for p in sorted(path.rglob("*"))
-                 if p.is_file() and not any(part.startswith(".")
-                                            for part in p.relative_to(path).parts)}
-    else:
-        return None
-    if not files:
-        return None
-    h = hashlib.sha256()
-    for name, file in files.items():
-        h.update(f"{name}\0{sha256_file(file)}\0".encode())
-    return "sha256:" + h.hexdigest()[:16]
+    the generator's settings, see ``data_location``), public data by its files' content
+    (``files.content_id``); None when nothing is there."""
+    return Path(path).name if DATASETS[key].synthetic else content_id(path)
 
 
 def run_digest(config: Mapping[str, Any], variant: Variant, data_id: str | None) -> str:

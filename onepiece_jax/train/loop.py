@@ -51,7 +51,7 @@ from onepiece_jax.data.tfds_builder import build, dataset_label, read_log
 from onepiece_jax.eval.ranking import task_readouts, task_scores
 from onepiece_jax.eval.retrieval import catalogue_layout, catalogue_vectors
 from onepiece_jax.eval.runner import eval_subset, evaluate_ranking, evaluate_retrieval
-from onepiece_jax.files import read_json, write_atomic, write_json
+from onepiece_jax.files import content_id, read_json, write_atomic, write_json
 from onepiece_jax.model.config import from_config as model_config_from
 from onepiece_jax.model.onepiece import OnePiece, param_summary
 from onepiece_jax.parallel import distributed
@@ -98,16 +98,36 @@ def build_key(config) -> dict:
             "mode": config.mode, "tasks": list(config.tasks), "seed": config.seed}
 
 
+STAMP = "build_key.json"  # a build's key, written when the build is complete
+DATA_CONTENT = "data_content"  # in the stamp: content_id of config.dataset.path when built
+
+
+def _build_dir(config, workdir: Path) -> Path:
+    return Path(config.dataset.build_dir) if config.dataset.build_dir else Path(workdir) / "data"
+
+
+def same_data(old: str, new: str, recorded: str | None) -> bool:
+    """Whether dataset path ``new`` holds the files ``old`` held when a build or run was made:
+    by their recorded ``content_id``, else (builds from before it was kept) by ``old``'s files if
+    still there. So a dataset moved, copied (e.g. staged to a node's local disk) or spelled
+    otherwise (relative, another working directory) is the same data."""
+    if old == new:
+        return True
+    now = content_id(new)
+    return now is not None and now == (recorded if recorded is not None else content_id(old))
+
+
 def ensure_built(config, workdir: Path, log: EventLog | None = None) -> Path:
-    """Builds the dataset once; a build made from a different data/context config is refused.
+    """Builds the dataset once; a build made from a different data/context config is refused,
+    one made from the same files at another ``dataset.path`` is used (``same_data``).
 
     ``log`` is the event log to build from (default: read the configured dataset); tests pass
     planted logs here. With several processes, process 0 builds (or checks) it while the others
     wait, then every process reads it: the build directory must be on a shared filesystem.
     """
-    out = Path(config.dataset.build_dir) if config.dataset.build_dir else workdir / "data"
+    out = _build_dir(config, workdir)
     key = json.loads(json.dumps(build_key(config)))
-    stamp = out / "build_key.json"
+    stamp = out / STAMP
     if jax.process_count() > 1 and not distributed.is_primary():
         distributed.barrier("dataset built")  # process 0 builds (or checks) it, the rest wait
         if not stamp.is_file():
@@ -115,12 +135,25 @@ def ensure_built(config, workdir: Path, log: EventLog | None = None) -> Path:
                               "hosts config.dataset.build_dir must be on a shared filesystem")
     with _build_lock(out):
         if stamp.is_file():
-            if read_json(stamp, "dataset stamp") != key:
+            stored = read_json(stamp, "dataset stamp")
+            recorded = stored.pop(DATA_CONTENT, None)
+            old_path = str(stored.get("dataset", {}).get("path"))
+            if {**stored, "dataset": {**stored.get("dataset", {}), "path": config.dataset.path}
+                    } != key:
                 raise ConfigError(f"{out} holds a dataset built from a different config.dataset/"
                                   "context/tasks; point config.dataset.build_dir elsewhere")
+            if not same_data(old_path, config.dataset.path, recorded):
+                raise ConfigError(f"{out} holds a dataset built from {old_path} "
+                                  f"({recorded or 'content not recorded'}); config.dataset.path="
+                                  f"{config.dataset.path} holds other files "
+                                  f"({content_id(config.dataset.path) or 'none'}); point "
+                                  "config.dataset.build_dir elsewhere")
+            if stored != key:  # the same files at a new path: the stamp follows them
+                write_json(stamp, {**key, DATA_CONTENT: recorded})
         else:
             build(read_log(config) if log is None else log, ContextConfig.from_config(config), out)
-            write_json(stamp, key)
+            write_json(stamp, {**key, DATA_CONTENT: None if log is not None
+                               else content_id(config.dataset.path)})
     if jax.process_count() > 1 and distributed.is_primary():
         distributed.barrier("dataset built")
     return out
@@ -399,6 +432,12 @@ def _resume_identity(config) -> dict:
     return traverse_util.flatten_dict(guarded, sep=".")
 
 
+def _recorded_content(config, workdir: Path) -> str | None:
+    """The ``content_id`` recorded in the stamp of a stored run's build, if it is still there."""
+    stamp = _build_dir(config, workdir) / STAMP
+    return read_json(stamp, "dataset stamp").get(DATA_CONTENT) if stamp.is_file() else None
+
+
 def _save_config(config, workdir: Path) -> None:
     path = workdir / "config.json"
     saved = config.copy_and_resolve_references()
@@ -407,14 +446,19 @@ def _save_config(config, workdir: Path) -> None:
     text = saved.to_json_best_effort(indent=1)
     if path.is_file():
         # the stored run as this version reads it: a key added since holds its default
-        before = _resume_identity(from_stored(read_json(path, "config"), str(path)))
-        now = _resume_identity(saved)
+        stored = from_stored(read_json(path, "config"), str(path))
+        before, now = _resume_identity(stored), _resume_identity(saved)
         changed = sorted(k for k in before.keys() | now.keys() if before.get(k) != now.get(k))
+        if "dataset.path" in changed and same_data(
+                str(stored.dataset.path), str(saved.dataset.path), _recorded_content(stored,
+                                                                                     workdir)):
+            changed.remove("dataset.path")
         if changed:
             raise ConfigError(f"{workdir} holds a run with a different config ("
                               + ", ".join(f"{k}: {before.get(k)!r} -> {now.get(k)!r}"
                                           for k in changed)
-                              + "); use a new --workdir, or the stored values to resume")
+                              + "); use a new --workdir, or the stored values to resume (a "
+                              "new dataset.path is accepted when it holds the same files)")
     distributed.barrier("config checked")  # every process compared before process 0 writes
     if distributed.is_primary():
         write_atomic(path, text)

@@ -2,6 +2,8 @@
 
 import json
 import re
+import shutil
+from pathlib import Path
 
 import jax
 import numpy as np
@@ -208,6 +210,71 @@ def test_resuming_refuses_changed_data_loss_or_batch_size_and_accepts_a_longer_s
         with pytest.raises(ConfigError,
                            match=re.escape(f"{key}: {stored[key]!r} -> {value!r}")):
             _save_config(changed, tmp_path)
+
+
+def _dataset(folder: Path, text: str = "1 2 3\n") -> str:
+    folder.mkdir(parents=True)
+    (folder / "u.data").write_text(text)
+    return str(folder)
+
+
+def test_resuming_accepts_the_same_files_at_another_dataset_path_and_refuses_other_files(
+        tmp_path):
+    """A resumed job may find its data elsewhere (staged to a node's disk, another working
+    directory): the same files are accepted, by the old path's files while they exist, else by
+    the content recorded in the build's stamp; other files, or no evidence, are refused."""
+    from onepiece_jax.config import ConfigError, base_config
+    from onepiece_jax.files import content_id
+    from onepiece_jax.train.loop import DATA_CONTENT, STAMP, _save_config
+
+    workdir = tmp_path / "run"
+    workdir.mkdir()
+    config = base_config()
+    config.dataset.path = _dataset(tmp_path / "a")
+    _save_config(config, workdir)
+    shutil.copytree(tmp_path / "a", tmp_path / "b")
+    config.dataset.path = str(tmp_path / "b")
+    _save_config(config, workdir)  # the old path still holds the same files
+    assert json.loads((workdir / "config.json").read_text())["dataset"]["path"] == (
+        config.dataset.path)
+    shutil.move(tmp_path / "b", tmp_path / "c")
+    config.dataset.path = str(tmp_path / "c")
+    with pytest.raises(ConfigError, match=re.escape(f"dataset.path: '{tmp_path / 'b'}' -> '")):
+        _save_config(config, workdir)  # b is gone and nothing recorded what it held
+    (workdir / "data").mkdir()
+    (workdir / "data" / STAMP).write_text(json.dumps({DATA_CONTENT: content_id(tmp_path / "c")}))
+    _save_config(config, workdir)  # the build's stamp vouches for c
+    config.dataset.path = _dataset(tmp_path / "d", "4 5 6\n")
+    with pytest.raises(ConfigError, match="dataset.path: .* -> .*same files"):
+        _save_config(config, workdir)
+
+
+def test_a_build_is_reused_from_the_same_files_at_a_new_path_and_refused_for_others(
+        tmp_path, monkeypatch):
+    from onepiece_jax.config import ConfigError
+    from onepiece_jax.train import loop
+
+    calls = []
+    monkeypatch.setattr(loop, "build", lambda log, ctx, out: calls.append(out))
+    monkeypatch.setattr(loop, "read_log", lambda config: object())
+    config = tiny_config(str(tmp_path / "build"))
+    config.dataset.path = _dataset(tmp_path / "a")
+    loop.ensure_built(config, tmp_path)
+    stamp = json.loads((tmp_path / "build" / loop.STAMP).read_text())
+    assert stamp[loop.DATA_CONTENT].startswith("sha256:")
+    shutil.move(tmp_path / "a", tmp_path / "b")
+    config.dataset.path = str(tmp_path / "b")
+    loop.ensure_built(config, tmp_path)
+    assert len(calls) == 1
+    assert json.loads((tmp_path / "build" / loop.STAMP).read_text()) == {
+        **stamp, "dataset": {**stamp["dataset"], "path": config.dataset.path}}
+    config.dataset.path = _dataset(tmp_path / "c", "7 8\n")
+    with pytest.raises(ConfigError, match=f"built from {tmp_path / 'b'} .* holds other files"):
+        loop.ensure_built(config, tmp_path)
+    config.dataset.path = str(tmp_path / "b")
+    config.context.pa_group_size = 3
+    with pytest.raises(ConfigError, match="different config.dataset/context/tasks"):
+        loop.ensure_built(config, tmp_path)
 
 
 def test_runs_started_together_on_one_build_directory_build_it_once(tmp_path, monkeypatch):
