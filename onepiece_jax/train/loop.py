@@ -23,6 +23,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import sys
 import threading
 import time
@@ -170,6 +171,33 @@ def _build_lock(out: Path):
 
 
 # --------------------------------------------------------------------------- setup
+@contextlib.contextmanager
+def _training_lock(workdir: Path):
+    """Checks the workdir can be written, then (process 0) holds ``WORKDIR/.train.lock`` while a
+    run trains there, so a second ``onepiece train`` on the workdir (a double launch, a requeue
+    while the first job still runs) fails at start instead of both writing checkpoints into one
+    directory. The kernel drops the lock when its holder exits, even killed: it never goes
+    stale."""
+    _check_writable(workdir)
+    if not distributed.is_primary():
+        yield
+        return
+    with (workdir / ".train.lock").open("a+") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            holder = f.read().strip() or "another process"
+            raise WorkdirError(f"workdir {workdir} is being trained by {holder}; wait for it, "
+                               "or stop it (SIGTERM saves a checkpoint) and rerun to resume"
+                               ) from None
+        f.truncate(0)
+        f.write(f"pid {os.getpid()} on {socket.gethostname()} since "
+                f"{time.strftime('%Y-%m-%d %H:%M:%S')}")
+        f.flush()
+        yield
+
+
 @dataclasses.dataclass
 class Job:
     """Everything a training or evaluation run needs, built once from the config."""
@@ -484,15 +512,16 @@ def train_and_evaluate(config, workdir: str | Path, *, progress: bool = True,
     the evaluation finishes.
 
     Faults: a non-finite loss or gradient is handled by ``config.train.nonfinite_policy`` (see
-    ``_check_finite``); a workdir that cannot be written or lacks space for the checkpoints is a
-    ``WorkdirError`` before anything is compiled or trained; a corrupt latest checkpoint is
+    ``_check_finite``); a workdir that cannot be written, lacks space for the checkpoints or is
+    being trained in by another process is a ``WorkdirError`` before anything is compiled or
+    trained; a corrupt latest checkpoint is
     reported and the previous one restored (``Checkpoints.restore``).
     Debug hook: ``config.train.debug_nan_at_step=S`` (1-based; 0 = off) multiplies the loss of
     steps ``S .. S + debug_nan_steps - 1`` by NaN inside the jitted step (``_debug_loss_scale``),
     so fault handling can be exercised end to end.
     """
     distributed.initialize(config.distributed)
-    with _PREEMPTION:
+    with _PREEMPTION, _training_lock(Path(workdir)):
         return _train_and_evaluate(config, workdir, progress=progress and distributed.is_primary(),
                                    preempt_at_step=preempt_at_step)
 
@@ -500,7 +529,6 @@ def train_and_evaluate(config, workdir: str | Path, *, progress: bool = True,
 def _train_and_evaluate(config, workdir: str | Path, *, progress: bool,
                         preempt_at_step: int | None) -> dict:
     workdir = Path(workdir)
-    _check_writable(workdir)
     _check_nonfinite_config(config.train)
     _save_config(config, workdir)
     job = make_job(config, workdir)
