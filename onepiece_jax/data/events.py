@@ -138,6 +138,19 @@ class EventLog:
             if n and (arr.min() < lo or arr.max() > hi):
                 raise ValueError(f"{self.dataset}: column {name!r} outside [{lo}, {hi}]: "
                                  f"min {arr.min()}, max {arr.max()}")
+        sizes = {"item": self.num_items, "user": self.num_users, "query": self.num_queries}
+        for entity, ids in self.raw_ids().items():
+            if ids.shape != (sizes[entity] + 1,):
+                raise ValueError(f"{self.dataset}: {entity}_ids has shape {ids.shape}, want "
+                                 f"({sizes[entity] + 1},): the raw id of each dense id, row 0 "
+                                 "for padding")
+
+    def raw_ids(self) -> dict[str, np.ndarray]:
+        """``{"item": [N+1], "user": ..., "query": ...}``: the source's id of each dense id
+        (row 0: padding), for the entities whose reader kept them; serving maps ids with it."""
+        return {entity: np.asarray(ids) for entity, ids in (
+            ("item", self.item_ids), ("user", self.user_ids), ("query", self.query_ids))
+            if ids is not None}
 
 
 def identity_table(n: int) -> FeatureTable:

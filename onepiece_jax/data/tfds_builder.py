@@ -4,6 +4,8 @@ Layout of a build directory::
 
     OUT/features.json        the FeatureSpec the model builds its tables from
     OUT/catalog.npz          side-feature tables per entity + training item counts
+    OUT/raw_ids.npz          the source's id of each dense item / user / query id (row 0:
+                             padding), where the reader keeps them; exported with a bundle
     OUT/build_summary.json   examples per split, skipped records, the log's stats, timings
     OUT/tfds/onepiece_examples/1.0.0/...   array_record shards (train / validation / test)
 """
@@ -24,6 +26,7 @@ from onepiece_jax.data.context import SPLITS, ContextBuilder, ContextConfig, cat
 from onepiece_jax.data.events import EventLog
 
 TFDS_NAME = "onepiece_examples"
+RAW_IDS = "raw_ids.npz"
 VARLEN_KEYS = ("exclude",)  # variable-length in the records, padded with 0 when batched
 
 
@@ -112,6 +115,8 @@ def build(log: EventLog, ctx: ContextConfig, out_dir: str | Path) -> dict:
     arrays = catalog_arrays(log)
     arrays["stats/item_count"] = counts.astype(np.float32)
     np.savez(out / "catalog.npz", **arrays)
+    if log.raw_ids():
+        np.savez(out / RAW_IDS, **log.raw_ids())
     cls = _make_builder_class(builder, _first_example(builder))
     tfds_builder = cls(data_dir=str(out / "tfds"), file_format="array_record")
     scratch = out / "tfds_scratch"  # TFDS wants a download dir; keep it inside the build

@@ -10,6 +10,8 @@ A bundle is a directory::
     weights.npz      the parameters and the catalog's feature tables ("params/…", "catalog/…")
     items.npy        retrieval: item-tower vectors f32 (or bf16 bits) [N, d], row i = item_ids[i]
     item_ids.npy     retrieval: int32[N], the dense item id of each row (1..N)
+    raw_ids.npz      the source's id of each dense item / user / query id (row 0: padding), from
+                     the build, so a pipeline can map its ids in and the index's answers out
     serve.py         the runtime: loads, verifies and runs the bundle with numpy + jax only
     index.py         exact (jitted brute force) and HNSW top-k search over items.npy
 
@@ -42,7 +44,7 @@ import ml_collections
 import numpy as np
 
 from onepiece_jax.data.loader import BatchIterator, BuiltDataset, device_batch
-from onepiece_jax.data.tfds_builder import dataset_label
+from onepiece_jax.data.tfds_builder import RAW_IDS, dataset_label
 from onepiece_jax.eval.ranking import task_readouts, task_scores
 from onepiece_jax.eval.retrieval import protocol_string
 from onepiece_jax.eval.runner import ranking_protocol_string
@@ -326,16 +328,32 @@ def export_workdir(workdir: str | Path, out: str | Path, *, checkpoint: str = "b
             "call": "fn.call(weights, inputs): weights = unflatten(weights.npz)"}
     np.savez(out / serve.WEIGHTS, **serve.flatten(served.weights))
     items = _write_items(out, served, items_dtype) if served.config.mode == "retrieval" else None
+    raw_ids = _copy_raw_ids(served.data.root, out)
     for name, source in RUNTIME_FILES.items():
         if name != "index.py" or items:  # index.py searches items.npy
             shutil.copyfile(source, out / name)
-    manifest = _manifest(served, functions, items)
+    manifest = _manifest(served, functions, items, raw_ids)
     manifest["files"] = {p.name: serve.file_record(p) for p in sorted(out.iterdir())}
     write_json(out / serve.MANIFEST, manifest)
     return manifest
 
 
-def _manifest(served: Served, functions: dict, items: dict | None) -> dict:
+def _copy_raw_ids(build_dir: Path, out: Path) -> dict | None:
+    """Copies the build's raw-id maps into the bundle; None for a build made before builds kept
+    them (serve.Bundle.encode/decode then say so)."""
+    source = build_dir / RAW_IDS
+    if not source.is_file():
+        return None
+    shutil.copyfile(source, out / serve.RAW_IDS)
+    with np.load(out / serve.RAW_IDS) as npz:
+        entities = {name: {"count": int(npz[name].shape[0]) - 1, "dtype": str(npz[name].dtype)}
+                    for name in npz.files}
+    return {"file": serve.RAW_IDS, "entities": entities, "layout": "row i = the source's id of "
+            "dense id i; row 0 is padding"}
+
+
+def _manifest(served: Served, functions: dict, items: dict | None,
+              raw_ids: dict | None) -> dict:
     cfg, spec, layout = served.model.config, served.data.spec, served.model.config.layout()
     catalog = serve.flatten(served.weights["catalog"])
     readouts = (task_readouts(Objective.from_config(served.config).assignment, cfg.num_tasks)
@@ -362,6 +380,7 @@ def _manifest(served: Served, functions: dict, items: dict | None) -> dict:
         "weights": {"file": serve.WEIGHTS, "layout": "flattened 'params/…' and 'catalog/…' "
                     "arrays; serve.unflatten gives the first argument of every function"},
         "items": items,
+        "raw_ids": raw_ids,
         "features": spec,
         "vocabularies": serve.vocabulary_record(spec, catalog),
         "data": {"build_dir": str(served.data.root.absolute()), "dataset": spec["dataset"]},

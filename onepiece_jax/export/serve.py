@@ -43,6 +43,7 @@ FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 WEIGHTS = "weights.npz"
 ITEMS, ITEM_IDS = "items.npy", "item_ids.npy"
+RAW_IDS = "raw_ids.npz"
 VOCAB_ENTITIES = ("item", "user", "query", "context")
 VOCAB_LISTS = ("behaviors", "pa_groups")
 _INT32_MAX = np.iinfo(np.int32).max
@@ -265,6 +266,45 @@ class Bundle:
         if info["dtype"] == "bfloat16":
             vectors = vectors.view(jnp.bfloat16)
         return np.load(self.root / info["ids_file"]), vectors
+
+    def raw_ids(self, entity: str) -> np.ndarray:
+        """``[N+1]``: the source's id of each dense ``entity`` id (``item``, ``user`` or
+        ``query``; row 0 is padding), as the training data's reader assigned them."""
+        info = self.manifest.get("raw_ids") or {}
+        if entity not in info.get("entities", {}):
+            why = ("it was exported from a dataset build made before builds kept them: build "
+                   "the dataset again and export" if not info else
+                   f"the reader kept {sorted(info['entities'])}")
+            raise BundleError(f"{self.root}: no raw {entity} ids in this bundle; {why}")
+        with np.load(self.root / info["file"]) as npz:
+            return npz[entity]
+
+    def decode(self, entity: str, ids: np.ndarray) -> np.ndarray:
+        """Dense ids (the index's answers, a batch's histories) → the source's ids."""
+        table, ids = self.raw_ids(entity), np.asarray(ids)
+        bad = (ids < 0) | (ids >= table.shape[0])
+        if bad.any():
+            raise BundleError(f"dense {entity} id {ids[bad].flat[0].item()} outside "
+                              f"0..{table.shape[0] - 1}")
+        return table[ids]
+
+    def encode(self, entity: str, raw: Any, *, unknown: str = "error") -> np.ndarray:
+        """The source's ids → dense int32 ids for a batch. An id the training data did not
+        have is refused by name (``unknown="error"``) or mapped to 0, padding (``"zero"``)."""
+        if unknown not in ("error", "zero"):
+            raise BundleError(f"unknown={unknown!r}: expected 'error' or 'zero'")
+        table = self.raw_ids(entity)[1:]
+        raw = np.asarray(raw)
+        if {raw.dtype.kind, table.dtype.kind} - {"i", "u"} and raw.dtype.kind != table.dtype.kind:
+            raise BundleError(f"raw {entity} ids here are {table.dtype}, got {raw.dtype}")
+        order = np.argsort(table, kind="stable")
+        pos = np.minimum(np.searchsorted(table[order], raw), table.size - 1)
+        hit = table[order][pos] == raw
+        if unknown == "error" and not hit.all():
+            raise BundleError(f"{entity} id {raw[~hit].flat[0].item()!r} is not in the bundle's "
+                              f"vocabulary of {table.size}; pass unknown='zero' to map such ids "
+                              "to 0 (padding)")
+        return np.where(hit, order[pos] + 1, 0).astype(np.int32)
 
     def check_vocabulary(self, build_dir: str | Path) -> None:
         """Refuses data whose vocabularies differ from the ones the bundle was exported with."""

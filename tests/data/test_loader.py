@@ -40,6 +40,20 @@ def test_build_writes_every_split_with_the_builder_examples(built):
     assert ds.item_count.sum() == b.train_mask.sum()
 
 
+def test_build_keeps_the_readers_raw_ids_and_a_log_with_the_wrong_count_is_refused(tmp_path):
+    log = make_log(users=10, items=12, events=100)
+    log.item_ids = np.r_[0, np.arange(500, 512)]
+    log.user_ids = np.array(["", *"abcdefghij"])
+    build(log, ContextConfig(ih_max_len=4, pool_window=2), tmp_path / "b")
+    with np.load(tmp_path / "b" / "raw_ids.npz") as npz:
+        assert sorted(npz.files) == ["item", "user"]
+        np.testing.assert_array_equal(npz["item"], log.item_ids)
+        np.testing.assert_array_equal(npz["user"], log.user_ids)
+    log.item_ids = log.item_ids[:-1]
+    with pytest.raises(ValueError, match=r"toy: item_ids has shape \(12,\), want \(13,\)"):
+        log.validate()
+
+
 def test_iterator_is_fixed_shape_and_resumes_exactly(built):
     out, *_ = built
     arrays = BuiltDataset.open(out).load_split("train")

@@ -31,7 +31,10 @@ def test_manifest_describes_model_data_versions_and_hashes_every_file(retrieval_
     assert {"jax", "flax", "numpy", "flatbuffers"} <= set(manifest["versions"])
     on_disk = {p.name for p in retrieval_bundle.iterdir()} - {serve.MANIFEST}
     assert set(manifest["files"]) == on_disk >= {"user_tower.jax", "weights.npz", "items.npy",
-                                                 "item_ids.npy", "serve.py", "index.py"}
+                                                 "item_ids.npy", "raw_ids.npz", "serve.py",
+                                                 "index.py"}
+    assert manifest["raw_ids"]["entities"] == {"item": {"count": 150, "dtype": "int64"},
+                                               "user": {"count": 120, "dtype": "<U4"}}
     ids, vectors = serve.load_bundle(retrieval_bundle).items()
     assert vectors.shape == (150, 32) and vectors.dtype == np.float32
     np.testing.assert_array_equal(ids, np.arange(1, 151))

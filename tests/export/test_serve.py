@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 
@@ -111,3 +112,27 @@ def test_rank_requests_scores_every_candidate_with_its_own_group(ranking_bundle,
     for g, r in enumerate(request):
         keep = slot[g] >= 0
         np.testing.assert_array_equal(probs[r, slot[g][keep]], direct[g][keep])
+
+
+def test_raw_ids_map_a_pipelines_ids_in_and_the_index_answers_out(retrieval_runtime):
+    ids, _ = retrieval_runtime.items()
+    raw = retrieval_runtime.decode("item", ids)
+    np.testing.assert_array_equal(raw, 1000 + 7 * ids)  # the planted log's item ids
+    np.testing.assert_array_equal(retrieval_runtime.encode("item", raw[::-1]), ids[::-1])
+    assert retrieval_runtime.encode("user", ["u12", "u3"]).tolist() == [12, 3]
+    with pytest.raises(serve.BundleError, match="item id 1001 is not in the bundle's vocab"):
+        retrieval_runtime.encode("item", [1007, 1001])
+    assert retrieval_runtime.encode("item", [1007, 1001], unknown="zero").tolist() == [1, 0]
+    with pytest.raises(serve.BundleError, match="raw item ids here are int64, got <U4"):
+        retrieval_runtime.encode("item", ["1007"])
+    with pytest.raises(serve.BundleError, match=r"dense item id 151 outside 0\.\.150"):
+        retrieval_runtime.decode("item", [3, 151])
+    with pytest.raises(serve.BundleError, match=r"no raw query ids .* kept \['item', 'user'\]"):
+        retrieval_runtime.raw_ids("query")
+
+
+def test_a_bundle_from_a_build_without_raw_ids_says_how_to_get_them(retrieval_runtime):
+    older = dataclasses.replace(retrieval_runtime,  # as exported before builds kept raw ids
+                                manifest={**retrieval_runtime.manifest, "raw_ids": None})
+    with pytest.raises(serve.BundleError, match="no raw item ids .* build the dataset again"):
+        older.encode("item", [1007])

@@ -30,7 +30,10 @@ def planted_log(users: int = 120, items: int = 150, length: int = 14, seed: int 
                     query=np.zeros(len(rows), np.int32), behaviors=("view", "like"),
                     has_timestamps=True,
                     item_features={"item_id": identity_table(items), "category": cat},
-                    user_features={"user_id": identity_table(users)})
+                    user_features={"user_id": identity_table(users)},
+                    # the source's ids, as a reader keeps them: numbers for items, text for users
+                    item_ids=np.r_[0, 1000 + 7 * np.arange(1, items + 1)],
+                    user_ids=np.array(["", *(f"u{u}" for u in range(1, users + 1))]))
 
 
 def tiny_config(build_dir: str):
