@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -55,7 +56,7 @@ def write_atomic(path: str | Path, text: str, *, sync: bool = False) -> None:
     """Writes ``text`` to ``path`` so that a reader sees the old file or the whole new one,
     never a part; ``sync`` also flushes it to disk first (for files that vouch for others)."""
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp.{os.getpid()}")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
     try:
         with tmp.open("w") as f:
             f.write(text)

@@ -223,6 +223,7 @@ class Bundle:
 
     def __post_init__(self):
         self._compiled = {name: jax.jit(fn.call) for name, fn in self.functions.items()}
+        self._raw_ids: dict[str, tuple[np.ndarray, np.ndarray]] = {}  # entity: (ids, argsort)
 
     def run(self, function: str, batch: Mapping[str, Any]) -> np.ndarray:
         """The exported function on one batch (the pipeline's dict; extra keys ignored)."""
@@ -276,8 +277,11 @@ class Bundle:
                    "the dataset again and export" if not info else
                    f"the reader kept {sorted(info['entities'])}")
             raise BundleError(f"{self.root}: no raw {entity} ids in this bundle; {why}")
-        with np.load(self.root / info["file"]) as npz:
-            return npz[entity]
+        if entity not in self._raw_ids:
+            with np.load(self.root / info["file"]) as npz:
+                ids = npz[entity]
+            self._raw_ids[entity] = ids, np.argsort(ids[1:], kind="stable")
+        return self._raw_ids[entity][0]
 
     def decode(self, entity: str, ids: np.ndarray) -> np.ndarray:
         """Dense ids (the index's answers, a batch's histories) → the source's ids."""
@@ -294,10 +298,10 @@ class Bundle:
         if unknown not in ("error", "zero"):
             raise BundleError(f"unknown={unknown!r}: expected 'error' or 'zero'")
         table = self.raw_ids(entity)[1:]
+        order = self._raw_ids[entity][1]
         raw = np.asarray(raw)
         if {raw.dtype.kind, table.dtype.kind} - {"i", "u"} and raw.dtype.kind != table.dtype.kind:
             raise BundleError(f"raw {entity} ids here are {table.dtype}, got {raw.dtype}")
-        order = np.argsort(table, kind="stable")
         pos = np.minimum(np.searchsorted(table[order], raw), table.size - 1)
         hit = table[order][pos] == raw
         if unknown == "error" and not hit.all():

@@ -150,7 +150,8 @@ def ensure_built(config, workdir: Path, log: EventLog | None = None) -> Path:
                                   f"({content_id(config.dataset.path) or 'none'}); point "
                                   "config.dataset.build_dir elsewhere")
             if stored != key:  # the same files at a new path: the stamp follows them
-                write_json(stamp, {**key, DATA_CONTENT: recorded})
+                write_json(stamp, {**key, DATA_CONTENT: recorded
+                                   or content_id(config.dataset.path)})
         else:
             build(read_log(config) if log is None else log, ContextConfig.from_config(config), out)
             write_json(stamp, {**key, DATA_CONTENT: None if log is not None
