@@ -13,6 +13,10 @@ pure-Python reference parser of the format (written from the format's documentat
 * or both fail, and the reader's :class:`DataError` names the file, the line and, where one
   applies, the field that the reference blames.
 
+The generic RecBole atomic-file reader is checked differentially instead: on the MovieLens
+RecBole cases it must read what the ml100k reader reads, alike, and fail only naming file and
+line.
+
 Every property is parametrized by fault class and runs ceil(200 / classes) examples per class,
 so each reader gets >= 200 examples. Per fault class tallies (cases, outcomes) are printed at the
 end of the module (run with ``-s``) and reported as hypothesis events
@@ -40,7 +44,13 @@ from hypothesis import strategies as st
 
 from onepiece_jax.data.context import ContextBuilder, ContextConfig
 from onepiece_jax.data.events import DataError, EventLog, identity_table
-from onepiece_jax.data.readers import read_amazon, read_jdsearch, read_ml100k, read_taobao
+from onepiece_jax.data.readers import (
+    read_amazon,
+    read_atomic,
+    read_jdsearch,
+    read_ml100k,
+    read_taobao,
+)
 
 EXAMPLES_PER_READER = 200
 
@@ -640,6 +650,63 @@ def test_ml100k_recbole_hardening(fault, data):
 def test_ml100k_grouplens_hardening(fault, data):
     files = data.draw(ml100k_case("grouplens", fault))
     check_reader("ml100k (GroupLens)", fault, files, read_ml100k, ref_ml100k("grouplens"))
+
+
+# --- RecBole atomic files (any dataset), read differentially against the ml100k reader --------
+
+def _as_number(raw):
+    """A raw id as the ml100k reader reads it (an integer) where it parses as one; the atomic
+    reader keeps ids such as ``-0`` or ``+5`` as text tokens."""
+    try:
+        return int(raw)
+    except ValueError:
+        return raw
+
+
+def _sequences(log: EventLog) -> dict:
+    """Each raw user's events, in log order, as (raw item, time)."""
+    out = collections.defaultdict(list)
+    for u, i, t in zip(log.user_ids[log.user].tolist(), log.item_ids[log.item].tolist(),
+                       log.time.tolist(), strict=True):
+        out[_as_number(u)].append((_as_number(i), t))
+    return dict(out)
+
+
+@hardening(GENERIC_FAULTS)
+@given(data=st.data())
+def test_atomic_reads_every_recbole_file_set_as_the_ml100k_reader_does(fault, data):
+    """The same generated and corrupted MovieLens RecBole files (the ml100k property's cases):
+    where the ml100k reader (checked against its reference above) reads them, the generic
+    atomic reader gives every user the same sequence of items and times and the same entity
+    universes; where it fails, its error names file and line. It may read what ml100k refuses
+    (a rating, age or year it does not parse; ids that are not integers, kept as text)."""
+    files = data.draw(ml100k_case("recbole", fault))
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        for name, content in files.items():
+            (folder / name).write_bytes(content)
+        try:
+            expected = read_ml100k(folder)
+        except DataError:
+            expected = None
+        try:
+            log = read_atomic(folder)
+        except DataError as err:
+            assert expected is None, f"{fault}: atomic failed where ml100k read: {err}"
+            assert err.path is not None and err.line is not None and Path(err.path).name in (
+                str(err)), str(err)
+            outcome = "DataError(file,line" + (",field)" if err.field else ")")
+        else:
+            log.validate()
+            assert set(log.behavior.tolist()) <= {1}
+            if expected is not None:
+                assert _sequences(log) == _sequences(expected)
+                for entity in ("item_ids", "user_ids"):
+                    assert {_as_number(x) for x in getattr(log, entity)[1:].tolist()} == set(
+                        getattr(expected, entity)[1:].tolist())
+            outcome = "ok, as ml100k" if expected is not None else "ok, ml100k refused"
+    TALLY["atomic (RecBole)"][fault][outcome] += 1
+    event(f"{fault}: {outcome}")
 
 
 # --- Amazon (S3-Rec) --------------------------------------------------------------------------

@@ -158,6 +158,84 @@ def test_ml100k_missing_companion_and_bad_flags(tmp_path):
         read_dataset("ml100k", tmp_path / "nothing")
 
 
+# --- RecBole atomic files (any dataset) --------------------------------------------------------
+
+def test_atomic_reads_movielens_recbole_files_as_the_ml100k_reader_does(shared_data):
+    atomic = read_dataset("atomic", shared_data / "ml-100k")
+    ml = read_dataset("ml100k", shared_data / "ml-100k")
+    for column in ("user", "item", "time"):
+        np.testing.assert_array_equal(getattr(atomic, column), getattr(ml, column))
+    np.testing.assert_array_equal(atomic.item_ids, ml.item_ids)
+    assert atomic.dataset == "ml-100k" and atomic.behaviors == ("interact",)
+    assert atomic.skipped == {"inter_columns_not_used": 1,  # rating
+                              "item_movie_title_truncated": 21}
+    assert {"release_year", "movie_title", "class"} <= set(atomic.item_features)
+    assert set(atomic.user_features) == {"user_id", "age", "gender", "occupation", "zip_code"}
+    np.testing.assert_array_equal(atomic.item_features["class"].values > 0,
+                                  ml.item_features["genre"].values > 0)
+
+
+def test_atomic_text_ids_without_timestamps_keep_file_order_and_catalogue_features(tmp_path):
+    _write(tmp_path / "shop.inter", ["session_len:float\tuser_id:token\titem_id:token",
+                                     "1\tbob\tsku-9", "2\tamy\tsku-10", "3\tbob\t042",
+                                     "4\tbob\tsku-9"])
+    _write(tmp_path / "shop.item", ["item_id:token\tbrand:token\ttags:token_seq\tprice:float",
+                                    "sku-9\tacme\ta b c\t9.5", "042\t\t\t1.0",
+                                    "sku-9\tother\tz\t2.0", "sku-77\tacme\tb\t3.0"])
+    log = read_dataset("atomic", tmp_path, max_seq=2)
+    assert not log.has_timestamps and log.dataset == "shop"
+    assert log.user_ids[1:].tolist() == ["amy", "bob"]
+    assert log.item_ids[1:].tolist() == ["042", "sku-10", "sku-77", "sku-9"]  # "042" stays text
+    events = [(log.user_ids[u], log.item_ids[i], t)
+              for u, i, t in zip(log.user, log.item, log.time, strict=True)]
+    assert events == [("amy", "sku-10", 0), ("bob", "sku-9", 0), ("bob", "042", 1),
+                      ("bob", "sku-9", 2)]
+    brand = log.item_features["brand"].values[:, 0].tolist()
+    assert brand[:3] == [0, 0, 0] and brand[3] == brand[4] > 0  # 042 empty, sku-10 no row
+    assert log.item_features["brand"].vocab_size == 2  # acme; sku-9's repeated row is not read
+    assert log.item_features["tags"].width == 2
+    assert log.skipped == {"duplicate_item_rows": 1, "inter_columns_not_used": 1,
+                           "item_columns_not_used": 1, "item_tags_truncated": 1,
+                           "items_without_meta": 1}
+
+
+@pytest.mark.parametrize("case", ["untyped", "no_item_id", "columns", "timestamp", "empty_id",
+                                  "non_utf8", "item_header"])
+def test_atomic_malformed_files_name_file_line_and_field(tmp_path, case):
+    inter = ["user_id:token\titem_id:token\ttimestamp:float", "u1\ti1\t10", "u1\ti2\t20"]
+    item = ["item_id:token\tbrand:token", "i1\tacme"]
+    path, line, field = tmp_path / "x.inter", 3, None
+    if case == "untyped":
+        inter[0], line, field = "user_id:token\titem_id\ttimestamp:float", 1, "item_id"
+    elif case == "no_item_id":
+        inter[0], line, field = "user_id:token\tsku:token\ttimestamp:float", 1, "item_id"
+    elif case == "columns":
+        inter[2] = "u1\ti2"
+    elif case == "timestamp":
+        inter[2], field = "u1\ti2\tsoon", "timestamp"
+    elif case == "empty_id":
+        inter[2], field = "u1\t \t20", "item_id"
+    elif case == "item_header":
+        item[0], path, line, field = "sku:token\tbrand:token", tmp_path / "x.item", 1, "item_id"
+    _write(tmp_path / "x.inter", inter)
+    _write(tmp_path / "x.item", item)
+    if case == "non_utf8":
+        (tmp_path / "x.inter").write_bytes((tmp_path / "x.inter").read_bytes().replace(
+            b"u1\ti2", b"u\xff\ti2"))
+        field = "user_id"
+    _expect_error(lambda: read_dataset("atomic", tmp_path), path, line, field)
+
+
+def test_atomic_folder_must_hold_exactly_one_interaction_file(tmp_path):
+    with pytest.raises(DataError, match="expected one \\*.inter file in the folder, found none"):
+        read_dataset("atomic", tmp_path)
+    for name in ("a.inter", "b.inter"):
+        _write(tmp_path / name, ["user_id:token\titem_id:token", "1\t2"])
+    with pytest.raises(DataError, match=r"found \['a.inter', 'b.inter'\]; pass the file"):
+        read_dataset("atomic", tmp_path)
+    assert read_dataset("atomic", tmp_path / "b.inter").num_events == 1
+
+
 # --- Amazon ------------------------------------------------------------------------------------
 
 def _amazon(folder: Path, lines: list[str], attrs: str | None = '{"1": [5, 6], "2": [7]}'):

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from onepiece_jax.data.events import EventLog
 from onepiece_jax.data.readers.amazon import read_amazon
+from onepiece_jax.data.readers.atomic import read_atomic
 from onepiece_jax.data.readers.jdsearch import read_jdsearch
 from onepiece_jax.data.readers.movielens import read_ml100k
 from onepiece_jax.data.readers.taobao import read_taobao
@@ -21,6 +22,7 @@ READERS: dict[str, Callable[..., EventLog]] = {
     "amazon": read_amazon,
     "taobao": read_taobao,
     "jdsearch": read_jdsearch,
+    "atomic": read_atomic,
 }
 
 
@@ -31,5 +33,5 @@ def read_dataset(name: str, path: str | Path, **options) -> EventLog:
     return READERS[name](path, **options)
 
 
-__all__ = ["READERS", "read_dataset", "read_amazon", "read_jdsearch", "read_ml100k",
-           "read_taobao"]
+__all__ = ["READERS", "read_dataset", "read_amazon", "read_atomic", "read_jdsearch",
+           "read_ml100k", "read_taobao"]

@@ -170,6 +170,18 @@ def to_float(tokens: np.ndarray, nums: np.ndarray, path: Path, field: str) -> np
     return out
 
 
+def to_time(tokens: np.ndarray, nums: np.ndarray, path: Path, field: str) -> np.ndarray:
+    """int64 seconds from ``S`` tokens written as numbers (RecBole writes timestamps as floats),
+    rounded; garbage, NaN, inf and values outside int64 name their line and field."""
+    seconds = to_float(tokens, nums, path, field)
+    out = np.flatnonzero(np.abs(seconds) >= 2.0 ** 63)  # would wrap silently in astype
+    if out.size:
+        i = int(out[0])
+        raise DataError(f"timestamp {tokens[i]!r} outside the int64 range", path=str(path),
+                        line=int(nums[i]), field=field)
+    return np.rint(seconds).astype(np.int64)
+
+
 def lookup(tokens: np.ndarray, mapping: dict[bytes, int], nums: np.ndarray, path: Path,
            field: str) -> np.ndarray:
     """Maps categorical tokens (e.g. behaviour names) through ``mapping``; unknown ones fail."""

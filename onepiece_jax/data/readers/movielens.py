@@ -111,13 +111,7 @@ def _ratings(path: Path, skipped: dict[str, int], *, sep: bytes, cols: tuple[int
         parts[0].append(c.to_int(table[:, cols[0]], nums, path, "user_id"))
         parts[1].append(c.to_int(table[:, cols[1]], nums, path, "item_id"))
         parts[2].append(c.to_float(table[:, cols[2]], nums, path, "rating"))
-        ts = c.to_float(table[:, cols[3]], nums, path, "timestamp")
-        out = np.flatnonzero(np.abs(ts) >= 2.0 ** 63)  # would wrap silently in astype
-        if out.size:
-            i = int(out[0])
-            raise DataError(f"timestamp {table[i, cols[3]]!r} outside the int64 range",
-                            path=str(path), line=int(nums[i]), field="timestamp")
-        parts[3].append(np.rint(ts).astype(np.int64))
+        parts[3].append(c.to_time(table[:, cols[3]], nums, path, "timestamp"))
     return _Ratings(*(np.concatenate(p) for p in parts))
 
 

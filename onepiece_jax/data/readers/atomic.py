@@ -1,0 +1,209 @@
+"""Any dataset in RecBole's atomic files: ``NAME.inter``, with ``NAME.item`` and ``NAME.user``
+beside it when there are side features.
+
+This is the format most public recommendation logs are already prepared in (RecBole ships and
+converts dozens), and the simplest to write your own logs into: tab-separated text whose header
+names each column with its type, ``name:type``, type ``token``, ``token_seq`` (space-separated
+tokens), ``float`` or ``float_seq``.
+
+* ``NAME.inter`` (one row per interaction) needs ``user_id`` and ``item_id``; ``timestamp``
+  (seconds, written as a number) orders each user's events, and without it the file's order
+  does (``has_timestamps`` False; an event's time is its position in the user's sequence).
+  Every interaction is one behaviour, ``interact``; the other columns (a rating, say) are not
+  read, and counted in ``skipped["inter_columns_not_used"]``.
+* ``NAME.item`` / ``NAME.user`` (optional; the first row per id counts, repeats are counted in
+  ``skipped["duplicate_item_rows"]`` / ``"duplicate_user_rows"``): every ``token`` column is a
+  categorical feature of that name (an empty cell is missing), every ``token_seq`` column a
+  multi-valued one holding at most ``max_seq`` tokens (longer cells keep their first ones,
+  counted in ``skipped["<entity>_<column>_truncated"]``; cells are compared as bytes); float
+  columns are not read (counted in ``skipped["<entity>_columns_not_used"]``). Ids of the log
+  missing from a catalogue get no features (``skipped["items_without_meta"]`` /
+  ``"users_without_meta"``); catalogue ids with no interaction are still entities (a
+  retrievable item).
+
+Ids are tokens, as RecBole reads them. When every id of an entity is a plain integer (no sign,
+no leading zero, no spaces) they are numbers and dense ids follow numeric order, so MovieLens'
+RecBole files read here give the same dense ids as the ``ml100k`` reader; otherwise they are
+text (UTF-8) in code-point order. Either way the raw ids are kept (``EventLog.item_ids`` /
+``user_ids``) for serving.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+
+from onepiece_jax.data.events import DataError, EventLog, FeatureTable, identity_table
+from onepiece_jax.data.readers import _common as c
+
+BEHAVIORS = ("interact",)
+TYPES = ("token", "token_seq", "float", "float_seq")
+MAX_SEQ = 8
+TIME = "timestamp"
+
+
+def read_atomic(path: str | Path, *, max_seq: int = MAX_SEQ) -> EventLog:
+    """Reads ``NAME.inter`` (a file, or the one ``*.inter`` of a folder) and its catalogues."""
+    inter = _inter_file(Path(path))
+    skipped: dict[str, int] = {}
+    columns = _typed_header(inter)
+    names = list(columns)
+    wanted = [c.column_index(names, n, inter) for n in ("user_id", "item_id")]
+    if TIME in columns:
+        wanted.append(names.index(TIME))
+    c.bump(skipped, "inter_columns_not_used", len(names) - len(wanted))
+    user_parts, item_parts, time_parts = [], [], []
+    for nums, table in c.iter_columns(inter, b"\t", len(names), skipped, header=True,
+                                      cols=wanted):
+        user_parts.append(_ids(table[:, 0], nums, inter, "user_id"))
+        item_parts.append(_ids(table[:, 1], nums, inter, "item_id"))
+        if TIME in columns:
+            time_parts.append(c.to_time(table[:, 2], nums, inter, TIME))
+    user_raw, item_raw = np.concatenate(user_parts), np.concatenate(item_parts)
+    item_raw, item_ids, item_features = _entity("item", item_raw, inter, skipped, max_seq)
+    user_raw, user_ids, user_features = _entity("user", user_raw, inter, skipped, max_seq)
+    user = c.dense(user_ids, user_raw)
+    if time_parts:
+        time = np.concatenate(time_parts)
+    else:  # file order: each event's position in its user's sequence
+        order = np.argsort(user, kind="stable")
+        counts = np.bincount(user, minlength=user_ids.size + 1)
+        time = np.empty(user.size, np.int64)
+        time[order] = np.arange(user.size) - np.repeat(np.cumsum(counts) - counts, counts)
+    return c.build_log(
+        dataset=inter.stem, user=user, item=c.dense(item_ids, item_raw), time=time,
+        behavior=np.ones(user.size, np.int8), query=None, behaviors=BEHAVIORS,
+        has_timestamps=bool(time_parts), item_features=item_features,
+        user_features=user_features, item_ids=c.with_padding_row(item_ids),
+        user_ids=c.with_padding_row(user_ids), skipped=skipped,
+        raw_behavior_counts={"interact": int(user.size)})
+
+
+def _inter_file(path: Path) -> Path:
+    if path.is_dir():
+        found = sorted(path.glob("*.inter"))
+        if len(found) != 1:
+            raise DataError(f"expected one *.inter file in the folder, found "
+                            f"{[p.name for p in found] or 'none'}; pass the file itself",
+                            path=str(path))
+        return found[0]
+    return c.require_file(path, "RecBole atomic interaction file (NAME.inter)")
+
+
+def _typed_header(path: Path) -> dict[str, str]:
+    """``{name: type}`` of a RecBole header line, in column order."""
+    with open(path, "rb") as f:
+        first = f.readline().rstrip(b"\r\n")
+    if not first.strip():
+        raise DataError("empty file (no header line)", path=str(path), line=1)
+    columns: dict[str, str] = {}
+    for cell in first.split(b"\t"):
+        name, _, kind = cell.decode("utf-8", "replace").strip().partition(":")
+        if kind not in TYPES:
+            raise DataError(f"header cell {cell.decode('utf-8', 'replace')!r} is not name:type "
+                            f"with a type of {', '.join(TYPES)}", path=str(path), line=1,
+                            field=name)
+        if name in columns:
+            raise DataError(f"header names column {name!r} twice", path=str(path), line=1,
+                            field=name)
+        columns[name] = kind
+    return columns
+
+
+def _ids(tokens: np.ndarray, nums: np.ndarray, path: Path, field: str) -> np.ndarray:
+    """An id column's ``S`` tokens, stripped; an empty or non-UTF-8 id (ids may be served as
+    text) names its line."""
+    tokens = np.char.strip(tokens)
+    bad = np.flatnonzero(tokens == b"")
+    if bad.size:
+        raise DataError("empty id", path=str(path), line=int(nums[bad[0]]), field=field)
+    try:
+        np.char.decode(tokens, "utf-8")
+    except UnicodeDecodeError:
+        i = next(i for i, tok in enumerate(tokens.tolist()) if not _is_utf8(tok))
+        raise DataError(f"not UTF-8: {tokens[i]!r}", path=str(path), line=int(nums[i]),
+                        field=field) from None
+    return tokens
+
+
+def _is_utf8(token: bytes) -> bool:
+    try:
+        token.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+@dataclasses.dataclass
+class _Catalogue:
+    """One ``.item`` / ``.user`` file: its ids (``S``, first row per id) and feature cells."""
+
+    ids: np.ndarray
+    tokens: dict[str, np.ndarray]  # token column: S[n]
+    seqs: dict[str, tuple[np.ndarray, np.ndarray]]  # token_seq column: (lengths[n], flat S)
+
+
+def _catalogue(path: Path, entity: str, skipped: dict[str, int]) -> _Catalogue | None:
+    if not path.exists():
+        return None
+    c.require_file(path, f"RecBole atomic {entity} file")
+    columns = _typed_header(path)
+    names = list(columns)
+    key = c.column_index(names, f"{entity}_id", path)
+    used = [k for k, n in enumerate(names) if k != key and columns[n] in ("token", "token_seq")]
+    c.bump(skipped, f"{entity}_columns_not_used", len(names) - 1 - len(used))
+    nums, table = c.read_columns(path, b"\t", len(names), skipped, header=True)
+    ids = _ids(table[:, key], nums, path, f"{entity}_id")
+    keep = c.first_rows(ids, skipped, f"duplicate_{entity}_rows")
+    nums, table, ids = nums[keep], table[keep], ids[keep]
+    tokens, seqs = {}, {}
+    for k in used:
+        name = names[k]
+        cells = np.char.strip(table[:, k])
+        if columns[name] == "token":
+            tokens[name] = cells
+        else:
+            split = [cell.split() for cell in cells.tolist()]
+            lengths = np.array([len(s) for s in split], np.int64)
+            flat = np.array([t for s in split for t in s], dtype="S")
+            seqs[name] = lengths, flat
+    return _Catalogue(ids, tokens, seqs)
+
+
+def _entity(entity: str, raw: np.ndarray, inter: Path, skipped: dict[str, int], max_seq: int
+            ) -> tuple[np.ndarray, np.ndarray, dict[str, FeatureTable]]:
+    """The log's ids and the sorted id universe (numbers when every id is a plain integer),
+    and the entity's feature tables from its catalogue beside ``inter``, if there is one."""
+    cat = _catalogue(inter.with_suffix(f".{entity}"), entity, skipped)
+    known = raw if cat is None else np.concatenate([raw, cat.ids])
+    as_int = _plain_ints(known)
+    if as_int is not None:
+        raw, cat_ids = as_int[:raw.size], as_int[raw.size:]
+    else:
+        raw, cat_ids = np.char.decode(raw, "utf-8"), (
+            None if cat is None else np.char.decode(cat.ids, "utf-8"))
+    vocab = c.sorted_vocab(raw) if cat is None else c.sorted_vocab(raw, cat_ids)
+    features = {f"{entity}_id": identity_table(vocab.size)}
+    if cat is not None:
+        c.bump(skipped, f"{entity}s_without_meta", np.setdiff1d(vocab, cat_ids).size)
+        rows = c.dense(vocab, cat_ids)
+        for name, cells in cat.tokens.items():
+            features[name] = c.entity_table(vocab.size, rows, cells, missing=b"")
+        for name, (lengths, flat) in cat.seqs.items():
+            features[name], truncated = c.ragged_table(vocab.size, rows, lengths, flat, max_seq)
+            c.bump(skipped, f"{entity}_{name}_truncated", truncated)
+    return raw, vocab, features
+
+
+def _plain_ints(tokens: np.ndarray) -> np.ndarray | None:
+    """int64 values of ``S`` tokens if each is a plain integer written the one way (``42``,
+    not ``042``, ``+42`` or ``4.2e1``), else None: then ids are compared as text."""
+    if not tokens.size or not np.all(np.char.isdigit(tokens)):
+        return None
+    if np.any((np.char.str_len(tokens) > 1) & (np.char.startswith(tokens, b"0"))):
+        return None
+    if np.any(np.char.str_len(tokens) > 18):  # beyond int64's safe width
+        return None
+    return tokens.astype(np.int64)
