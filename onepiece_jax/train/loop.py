@@ -174,12 +174,10 @@ def _build_lock(out: Path):
 # --------------------------------------------------------------------------- setup
 @contextlib.contextmanager
 def _training_lock(workdir: Path):
-    """Checks the workdir can be written, then (process 0) holds ``WORKDIR/.train.lock`` while a
-    run trains there, so a second ``onepiece train`` on the workdir (a double launch, a requeue
-    while the first job still runs) fails at start instead of both writing checkpoints into one
-    directory. The kernel drops the lock when its holder exits, even killed: it never goes
-    stale."""
-    _check_writable(workdir)
+    """Process 0 holds ``WORKDIR/.train.lock`` while a run trains there, so a second ``onepiece
+    train`` on the workdir (a double launch, a requeue while the first job still runs) fails at
+    start instead of both writing checkpoints into one directory. The kernel drops the lock when
+    its holder exits, even killed: it never goes stale."""
     if not distributed.is_primary():
         yield
         return
@@ -515,16 +513,20 @@ def train_and_evaluate(config, workdir: str | Path, *, progress: bool = True,
     Faults: a non-finite loss or gradient is handled by ``config.train.nonfinite_policy`` (see
     ``_check_finite``); a workdir that cannot be written, lacks space for the checkpoints or is
     being trained in by another process is a ``WorkdirError`` before anything is compiled or
-    trained; a corrupt latest checkpoint is
-    reported and the previous one restored (``Checkpoints.restore``).
+    trained; a corrupt latest checkpoint is reported and the previous one restored
+    (``Checkpoints.restore``).
     Debug hook: ``config.train.debug_nan_at_step=S`` (1-based; 0 = off) multiplies the loss of
     steps ``S .. S + debug_nan_steps - 1`` by NaN inside the jitted step (``_debug_loss_scale``),
     so fault handling can be exercised end to end.
     """
     distributed.initialize(config.distributed)
-    with _PREEMPTION, _training_lock(Path(workdir)):
-        return _train_and_evaluate(config, workdir, progress=progress and distributed.is_primary(),
-                                   preempt_at_step=preempt_at_step)
+    workdir = Path(workdir)
+    with _PREEMPTION:
+        _check_writable(workdir)
+        with _training_lock(workdir):
+            return _train_and_evaluate(config, workdir,
+                                       progress=progress and distributed.is_primary(),
+                                       preempt_at_step=preempt_at_step)
 
 
 def _train_and_evaluate(config, workdir: str | Path, *, progress: bool,
