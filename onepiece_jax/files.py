@@ -30,14 +30,15 @@ def sha256_file(path: str | Path) -> str:
 def content_id(path: str | Path) -> str | None:
     """What a dataset's files hold, wherever they are: the SHA-256 of their names and contents
     (dot-files skipped). A folder counts all its files; a file counts with the companions that
-    share its stem (S3-Rec's ``NAME_item2attributes.json`` beside ``NAME.txt``). None when
+    share its stem (S3-Rec's ``NAME_item2attributes.json`` beside ``NAME.txt``, RecBole's
+    ``NAME.item`` beside ``NAME.inter``). None when
     nothing is there (or no path is given)."""
     if not str(path):
         return None
     path = Path(path)
     if path.is_file():
         files = {p.name: p for p in sorted(path.parent.iterdir())
-                 if p.is_file() and (p == path or p.name.startswith(f"{path.stem}_"))}
+                 if p.is_file() and (p.stem == path.stem or p.name.startswith(f"{path.stem}_"))}
     elif path.is_dir():
         files = {p.relative_to(path).as_posix(): p for p in sorted(path.rglob("*"))
                  if p.is_file() and not any(part.startswith(".")

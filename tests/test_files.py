@@ -46,3 +46,21 @@ def test_sha256_file_is_the_digest_of_the_bytes(tmp_path):
     data = os.urandom(3 << 20)  # several read chunks
     path.write_bytes(data)
     assert files.sha256_file(path) == hashlib.sha256(data).hexdigest()
+
+
+def test_a_files_content_id_counts_the_companions_that_share_its_stem(tmp_path):
+    inter = tmp_path / "shop.inter"
+    inter.write_text("user_id:token\titem_id:token\n1\t2\n")
+    alone = files.content_id(inter)
+    (tmp_path / "shop.item").write_text("item_id:token\n2\n")  # RecBole's catalogue beside it
+    with_items = files.content_id(inter)
+    assert alone.startswith("sha256:") and with_items != alone
+    (tmp_path / "other.inter").write_text("x")  # another dataset in the same folder
+    (tmp_path / ".shop.inter.swp").write_text("x")
+    assert files.content_id(inter) == with_items
+    moved = tmp_path / "elsewhere"
+    moved.mkdir()
+    for name in ("shop.inter", "shop.item"):
+        (moved / name).write_bytes((tmp_path / name).read_bytes())
+    assert files.content_id(moved / "shop.inter") == with_items
+    assert files.content_id("") is None and files.content_id(tmp_path / "missing") is None
