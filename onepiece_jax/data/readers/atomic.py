@@ -6,7 +6,8 @@ converts dozens), and the simplest to write your own logs into: tab-separated te
 names each column with its type, ``name:type``, type ``token``, ``token_seq`` (space-separated
 tokens), ``float`` or ``float_seq``.
 
-* ``NAME.inter`` (one row per interaction) needs ``user_id`` and ``item_id``; ``timestamp``
+* ``NAME.inter`` (one row per interaction) needs ``user_id`` and ``item_id`` (a dataset that
+  names them otherwise, Yelp's ``business_id`` say, is renamed in the header); ``timestamp``
   (seconds, written as a number) orders each user's events, and without it the file's order
   does (``has_timestamps`` False; an event's time is its position in the user's sequence).
   Every interaction is one behaviour, ``interact``; the other columns (a rating, say) are not
