@@ -8,6 +8,12 @@ thousands of items; beyond that switch to sampled ones (``--config.loss.negative
 
     onepiece train --config configs/atomic_onepiece.py --workdir runs/mydata \
         --config.dataset.path=PATH/NAME.inter
+
+A funnel from a numeric column (levels ``interact`` → ``rating>=4`` → ``rating>=5``), with
+anchors per level as MovieLens' config has them::
+
+    --config.dataset.level_field=rating --config.dataset.level_thresholds=4,5 \
+    --config.context.pa_groups=rating>=5,rating>=4,interact --config.context.pa_group_size=10
 """
 
 from pathlib import Path
@@ -18,6 +24,8 @@ from onepiece_jax.config import load_config
 def get_config():
     c = load_config(Path(__file__).with_name("ml100k_onepiece.py"))
     c.dataset.name = "atomic"
+    c.dataset.level_field = ""  # one behaviour level; see the docstring for a funnel
+    c.dataset.level_thresholds = ()
     c.context.pa_groups = ("interact",)
     c.context.pa_group_size = 30
     return c

@@ -25,9 +25,11 @@ class ConfigError(ValueError):
     """A config problem, raised before compilation; the message names the key."""
 
 
-# Keys a config file may set though base_config() leaves them out. Adding train_fraction to
-# base_config would change the build key of every existing dataset build (data/context.py).
-OPTIONAL_KEYS = frozenset({"context.train_fraction"})
+# Keys a config file may set though base_config() leaves them out: adding them to base_config
+# would change the build key of every existing dataset build (data/context.py). The level keys
+# give the generic ``atomic`` reader a funnel (data/readers/atomic.py).
+OPTIONAL_KEYS = frozenset({"context.train_fraction", "dataset.level_field",
+                           "dataset.level_thresholds"})
 
 
 def unknown_key(key: str, known: Sequence[str], prefix: str = "config.") -> ConfigError:
@@ -147,6 +149,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
     if config.mode not in ("retrieval", "ranking"):
         raise ConfigError(f"config.mode={config.mode!r}: expected 'retrieval' or 'ranking'")
     _validate_time_precision(config.dataset.time_precision)
+    _validate_levels(config.dataset)
     model, ctx, loss = config.model, config.context, config.loss
     k = model.reasoning_steps
     if loss.strategy == "progressive" and k > 0 and k != len(config.tasks):
@@ -184,6 +187,25 @@ def validate(config: ml_collections.ConfigDict) -> None:
     _validate_bce_negatives(config)
     _validate_mesh(config.mesh)
     _validate_model(config)
+
+
+def _validate_levels(dataset: ml_collections.ConfigDict) -> None:
+    """The atomic reader's funnel: behaviour levels from thresholds on one numeric column."""
+    field = dataset.get("level_field", "")
+    thresholds = tuple(dataset.get("level_thresholds", ()))
+    if not field and not thresholds:
+        return
+    if dataset.name != "atomic":
+        raise ConfigError(f"config.dataset.level_field/level_thresholds apply to the 'atomic' "
+                          f"reader, not {dataset.name!r}")
+    if not field or not thresholds:
+        raise ConfigError("config.dataset.level_field and config.dataset.level_thresholds go "
+                          f"together (got {field!r} and {thresholds})")
+    numbers = all(isinstance(t, int | float) and not isinstance(t, bool) and math.isfinite(t)
+                  for t in thresholds)
+    if not numbers or any(b <= a for a, b in zip(thresholds, thresholds[1:], strict=False)):
+        raise ConfigError(f"config.dataset.level_thresholds={thresholds}: expected finite "
+                          "numbers in increasing order")
 
 
 # The feature tables come from the data; the model's own checks need only an item-id table.

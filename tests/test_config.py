@@ -90,3 +90,19 @@ def test_a_stored_config_gets_keys_added_since_and_names_keys_no_longer_read():
     assert config.train.eval_every_steps == base_config().train.eval_every_steps
     assert config.eval.ks == (10, 50)
     assert config.model.reasoning_steps == load_config(ML).model.reasoning_steps
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["--config.dataset.level_thresholds=4,5"], "go together"),
+    (["--config.dataset.level_field=rating", "--config.dataset.level_thresholds=5,4"],
+     "increasing order"),
+    (["--config.dataset.name=ml100k", "--config.dataset.level_field=rating",
+      "--config.dataset.level_thresholds=4,5"], "apply to the 'atomic' reader, not 'ml100k'"),
+])
+def test_the_atomic_readers_funnel_keys_are_checked_before_anything_runs(overrides, message):
+    atomic = Path(__file__).parents[1] / "configs" / "atomic_onepiece.py"
+    with pytest.raises(ConfigError, match=message):
+        load_config(atomic, overrides)
+    funnel = load_config(atomic, ["--config.dataset.level_field=rating",
+                                  "--config.dataset.level_thresholds=4,5"])
+    assert funnel.dataset.level_thresholds == (4, 5)

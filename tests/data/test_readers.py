@@ -175,6 +175,31 @@ def test_atomic_reads_movielens_recbole_files_as_the_ml100k_reader_does(shared_d
                                   ml.item_features["genre"].values > 0)
 
 
+def test_atomic_levels_from_a_rating_are_the_ml100k_readers_funnel(shared_data):
+    atomic = read_dataset("atomic", shared_data / "ml-100k", level_field="rating",
+                          level_thresholds=(4, 5))
+    ml = read_dataset("ml100k", shared_data / "ml-100k")
+    assert atomic.behaviors == ("interact", "rating>=4", "rating>=5")
+    np.testing.assert_array_equal(atomic.behavior, ml.behavior)
+    assert sum(atomic.raw_behavior_counts.values()) == 100_000
+    assert "inter_columns_not_used" not in atomic.skipped  # the rating is read now
+    from onepiece_jax.config import load_config
+    from onepiece_jax.data.tfds_builder import read_log
+
+    config = load_config(Path(__file__).parents[2] / "configs" / "atomic_onepiece.py", [
+        f"--config.dataset.path={shared_data / 'ml-100k'}", "--config.dataset.level_field=rating",
+        "--config.dataset.level_thresholds=4,5"])
+    np.testing.assert_array_equal(read_log(config).behavior, ml.behavior)  # config → reader
+
+
+@pytest.mark.parametrize("kwargs", [dict(level_field="rating"), dict(level_thresholds=(4,)),
+                                    dict(level_field="rating", level_thresholds=(5, 4))])
+def test_atomic_levels_need_a_field_and_increasing_thresholds(tmp_path, kwargs):
+    _write(tmp_path / "x.inter", ["user_id:token\titem_id:token", "1\t2"])
+    with pytest.raises(ValueError, match="give both, with increasing thresholds, or neither"):
+        read_dataset("atomic", tmp_path, **kwargs)
+
+
 def test_atomic_text_ids_without_timestamps_keep_file_order_and_catalogue_features(tmp_path):
     _write(tmp_path / "shop.inter", ["session_len:float\tuser_id:token\titem_id:token",
                                      "1\tbob\tsku-9", "2\tamy\tsku-10", "3\tbob\t042",
@@ -200,7 +225,7 @@ def test_atomic_text_ids_without_timestamps_keep_file_order_and_catalogue_featur
 
 
 @pytest.mark.parametrize("case", ["untyped", "no_item_id", "columns", "timestamp", "empty_id",
-                                  "non_utf8", "item_header"])
+                                  "non_utf8", "item_header", "no_level_field", "level"])
 def test_atomic_malformed_files_name_file_line_and_field(tmp_path, case):
     inter = ["user_id:token\titem_id:token\ttimestamp:float", "u1\ti1\t10", "u1\ti2\t20"]
     item = ["item_id:token\tbrand:token", "i1\tacme"]
@@ -217,13 +242,21 @@ def test_atomic_malformed_files_name_file_line_and_field(tmp_path, case):
         inter[2], field = "u1\t \t20", "item_id"
     elif case == "item_header":
         item[0], path, line, field = "sku:token\tbrand:token", tmp_path / "x.item", 1, "item_id"
+    elif case == "no_level_field":
+        line, field = 1, "stars"
+    elif case == "level":
+        inter = [f"{ln}\tstars:float" if k == 0 else f"{ln}\t{'4' if k == 1 else 'n/a'}"
+                 for k, ln in enumerate(inter)]
+        field = "stars"
     _write(tmp_path / "x.inter", inter)
     _write(tmp_path / "x.item", item)
     if case == "non_utf8":
         (tmp_path / "x.inter").write_bytes((tmp_path / "x.inter").read_bytes().replace(
             b"u1\ti2", b"u\xff\ti2"))
         field = "user_id"
-    _expect_error(lambda: read_dataset("atomic", tmp_path), path, line, field)
+    levels = (dict(level_field="stars", level_thresholds=(4,))
+              if case in ("no_level_field", "level") else {})
+    _expect_error(lambda: read_dataset("atomic", tmp_path, **levels), path, line, field)
 
 
 def test_atomic_folder_must_hold_exactly_one_interaction_file(tmp_path):

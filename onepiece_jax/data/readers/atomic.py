@@ -10,8 +10,11 @@ tokens), ``float`` or ``float_seq``.
   names them otherwise, Yelp's ``business_id`` say, is renamed in the header); ``timestamp``
   (seconds, written as a number) orders each user's events, and without it the file's order
   does (``has_timestamps`` False; an event's time is its position in the user's sequence).
-  Every interaction is one behaviour, ``interact``; the other columns (a rating, say) are not
-  read, and counted in ``skipped["inter_columns_not_used"]``.
+  Every interaction is one behaviour, ``interact``, unless ``level_field`` names a numeric
+  column and ``level_thresholds`` its increasing thresholds: then an event's level is the
+  strongest it reaches, a funnel ``interact`` → ``FIELD>=T1`` → ``FIELD>=T2`` … (MovieLens with
+  ``rating`` and (4, 5) is the ``ml100k`` reader's watched → rated ≥ 4 → rated 5). The other
+  columns are not read, and counted in ``skipped["inter_columns_not_used"]``.
 * ``NAME.item`` / ``NAME.user`` (optional; the first row per id counts, repeats are counted in
   ``skipped["duplicate_item_rows"]`` / ``"duplicate_user_rows"``): every ``token`` column is a
   categorical feature of that name (an empty cell is missing), every ``token_seq`` column a
@@ -32,6 +35,7 @@ text (UTF-8) in code-point order. Either way the raw ids are kept (``EventLog.it
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -45,24 +49,35 @@ MAX_SEQ = 8
 TIME = "timestamp"
 
 
-def read_atomic(path: str | Path, *, max_seq: int = MAX_SEQ) -> EventLog:
+def read_atomic(path: str | Path, *, max_seq: int = MAX_SEQ, level_field: str = "",
+                level_thresholds: Sequence[float] = ()) -> EventLog:
     """Reads ``NAME.inter`` (a file, or the one ``*.inter`` of a folder) and its catalogues."""
+    thresholds = np.asarray(level_thresholds, np.float64)
+    if bool(level_field) != bool(thresholds.size) or np.any(np.diff(thresholds) <= 0):
+        raise ValueError(f"level_field={level_field!r}, level_thresholds={tuple(thresholds)}: "
+                         "give both, with increasing thresholds, or neither")
     inter = _inter_file(Path(path))
     skipped: dict[str, int] = {}
     columns = _typed_header(inter)
     names = list(columns)
-    wanted = [c.column_index(names, n, inter) for n in ("user_id", "item_id")]
+    read = {n: c.column_index(names, n, inter) for n in ("user_id", "item_id")}
     if TIME in columns:
-        wanted.append(names.index(TIME))
-    c.bump(skipped, "inter_columns_not_used", len(names) - len(wanted))
-    user_parts, item_parts, time_parts = [], [], []
+        read[TIME] = names.index(TIME)
+    if level_field:
+        read[level_field] = c.column_index(names, level_field, inter)
+    c.bump(skipped, "inter_columns_not_used", len(names) - len(read))
+    parts: dict[str, list[np.ndarray]] = {name: [] for name in read}
     for nums, table in c.iter_columns(inter, b"\t", len(names), skipped, header=True,
-                                      cols=wanted):
-        user_parts.append(_ids(table[:, 0], nums, inter, "user_id"))
-        item_parts.append(_ids(table[:, 1], nums, inter, "item_id"))
-        if TIME in columns:
-            time_parts.append(c.to_time(table[:, 2], nums, inter, TIME))
-    user_raw, item_raw = np.concatenate(user_parts), np.concatenate(item_parts)
+                                      cols=list(read.values())):
+        cells = dict(zip(read, table.T, strict=True))
+        for name in ("user_id", "item_id"):
+            parts[name].append(_ids(cells[name], nums, inter, name))
+        if TIME in read:
+            parts[TIME].append(c.to_time(cells[TIME], nums, inter, TIME))
+        if level_field:
+            parts[level_field].append(c.to_float(cells[level_field], nums, inter, level_field))
+    user_raw, item_raw = np.concatenate(parts["user_id"]), np.concatenate(parts["item_id"])
+    time_parts = parts.get(TIME, [])
     item_raw, item_ids, item_features = _entity("item", item_raw, inter, skipped, max_seq)
     user_raw, user_ids, user_features = _entity("user", user_raw, inter, skipped, max_seq)
     user = c.dense(user_ids, user_raw)
@@ -73,13 +88,15 @@ def read_atomic(path: str | Path, *, max_seq: int = MAX_SEQ) -> EventLog:
         counts = np.bincount(user, minlength=user_ids.size + 1)
         time = np.empty(user.size, np.int64)
         time[order] = np.arange(user.size) - np.repeat(np.cumsum(counts) - counts, counts)
+    behaviors = BEHAVIORS + tuple(f"{level_field}>={t:g}" for t in thresholds)
+    level = (1 + np.searchsorted(thresholds, np.concatenate(parts[level_field]), side="right")
+             if level_field else np.ones(user.size, np.int64))
     return c.build_log(
         dataset=inter.stem, user=user, item=c.dense(item_ids, item_raw), time=time,
-        behavior=np.ones(user.size, np.int8), query=None, behaviors=BEHAVIORS,
-        has_timestamps=bool(time_parts), item_features=item_features,
-        user_features=user_features, item_ids=c.with_padding_row(item_ids),
-        user_ids=c.with_padding_row(user_ids), skipped=skipped,
-        raw_behavior_counts={"interact": int(user.size)})
+        behavior=level, query=None, behaviors=behaviors, has_timestamps=bool(time_parts),
+        item_features=item_features, user_features=user_features,
+        item_ids=c.with_padding_row(item_ids), user_ids=c.with_padding_row(user_ids),
+        skipped=skipped, raw_behavior_counts=c.count_by_name(level, behaviors, base=1))
 
 
 def _inter_file(path: Path) -> Path:
