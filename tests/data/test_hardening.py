@@ -664,12 +664,16 @@ def _as_number(raw):
 
 
 def _sequences(log: EventLog) -> dict:
-    """Each raw user's events, in log order, as (raw item, time)."""
+    """Each raw user's events, in log order, as (raw item, time, level)."""
     out = collections.defaultdict(list)
-    for u, i, t in zip(log.user_ids[log.user].tolist(), log.item_ids[log.item].tolist(),
-                       log.time.tolist(), strict=True):
-        out[_as_number(u)].append((_as_number(i), t))
+    for u, i, t, b in zip(log.user_ids[log.user].tolist(), log.item_ids[log.item].tolist(),
+                          log.time.tolist(), log.behavior.tolist(), strict=True):
+        out[_as_number(u)].append((_as_number(i), t, b))
     return dict(out)
+
+
+def _without_levels(sequences: dict) -> dict:
+    return {user: [event[:2] for event in seq] for user, seq in sequences.items()}
 
 
 @hardening(GENERIC_FAULTS)
@@ -677,35 +681,43 @@ def _sequences(log: EventLog) -> dict:
 def test_atomic_reads_every_recbole_file_set_as_the_ml100k_reader_does(fault, data):
     """The same generated and corrupted MovieLens RecBole files (the ml100k property's cases):
     where the ml100k reader (checked against its reference above) reads them, the generic
-    atomic reader gives every user the same sequence of items and times and the same entity
+    atomic reader, with MovieLens' funnel (rating thresholds 4, 5) and without (one level),
+    gives every user the same sequence of items, times and levels and the same entity
     universes; where it fails, its error names file and line. It may read what ml100k refuses
-    (a rating, age or year it does not parse; ids that are not integers, kept as text)."""
+    (an age or year it does not parse, a rating when it has no funnel; ids that are not
+    integers, kept as text)."""
     files = data.draw(ml100k_case("recbole", fault))
+    outcomes = []
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         for name, content in files.items():
             (folder / name).write_bytes(content)
         try:
-            expected = read_ml100k(folder)
+            expected = _sequences(ml := read_ml100k(folder))
         except DataError:
-            expected = None
-        try:
-            log = read_atomic(folder)
-        except DataError as err:
-            assert expected is None, f"{fault}: atomic failed where ml100k read: {err}"
-            assert err.path is not None and err.line is not None and Path(err.path).name in (
-                str(err)), str(err)
-            outcome = "DataError(file,line" + (",field)" if err.field else ")")
-        else:
+            ml = expected = None
+        for levels in ({}, {"level_field": "rating", "level_thresholds": (4, 5)}):
+            try:
+                log = read_atomic(folder, **levels)
+            except DataError as err:
+                assert ml is None, f"{fault}: atomic {levels} failed where ml100k read: {err}"
+                assert err.path is not None and err.line is not None and Path(
+                    err.path).name in str(err), str(err)
+                outcomes.append("DataError(file,line" + (",field)" if err.field else ")"))
+                continue
             log.validate()
-            assert set(log.behavior.tolist()) <= {1}
-            if expected is not None:
-                assert _sequences(log) == _sequences(expected)
+            if ml is not None:
+                if levels:
+                    assert _sequences(log) == expected
+                else:  # one level: the same events
+                    assert _without_levels(_sequences(log)) == _without_levels(expected)
+                    assert set(log.behavior.tolist()) <= {1}
                 for entity in ("item_ids", "user_ids"):
                     assert {_as_number(x) for x in getattr(log, entity)[1:].tolist()} == set(
-                        getattr(expected, entity)[1:].tolist())
-            outcome = "ok, as ml100k" if expected is not None else "ok, ml100k refused"
-    TALLY["atomic (RecBole)"][fault][outcome] += 1
+                        getattr(ml, entity)[1:].tolist())
+            outcomes.append("ok, as ml100k" if ml is not None else "ok, ml100k refused")
+    outcome = " / ".join(outcomes)
+    TALLY["atomic (RecBole; one level / rating funnel)"][fault][outcome] += 1
     event(f"{fault}: {outcome}")
 
 
