@@ -193,7 +193,8 @@ def test_atomic_levels_from_a_rating_are_the_ml100k_readers_funnel(shared_data):
 
 
 @pytest.mark.parametrize("kwargs", [dict(level_field="rating"), dict(level_thresholds=(4,)),
-                                    dict(level_field="rating", level_thresholds=(5, 4))])
+                                    dict(level_field="rating", level_thresholds=(5, 4)),
+                                    dict(level_field="timestamp", level_thresholds=(4,))])
 def test_atomic_levels_need_a_field_and_increasing_thresholds(tmp_path, kwargs):
     _write(tmp_path / "x.inter", ["user_id:token\titem_id:token", "1\t2"])
     with pytest.raises(ValueError, match="give both, with increasing thresholds, or neither"):

@@ -53,9 +53,11 @@ def read_atomic(path: str | Path, *, max_seq: int = MAX_SEQ, level_field: str = 
                 level_thresholds: Sequence[float] = ()) -> EventLog:
     """Reads ``NAME.inter`` (a file, or the one ``*.inter`` of a folder) and its catalogues."""
     thresholds = np.asarray(level_thresholds, np.float64)
-    if bool(level_field) != bool(thresholds.size) or np.any(np.diff(thresholds) <= 0):
+    if (bool(level_field) != bool(thresholds.size) or np.any(np.diff(thresholds) <= 0)
+            or level_field in ("user_id", "item_id", TIME)):
         raise ValueError(f"level_field={level_field!r}, level_thresholds={tuple(thresholds)}: "
-                         "give both, with increasing thresholds, or neither")
+                         "give both, with increasing thresholds, or neither; the field is a "
+                         "column other than the ids and the timestamp")
     inter = _inter_file(Path(path))
     skipped: dict[str, int] = {}
     columns = _typed_header(inter)
