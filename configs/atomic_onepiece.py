@@ -14,6 +14,11 @@ anchors per level as MovieLens' config has them::
 
     --config.dataset.level_field=rating --config.dataset.level_thresholds=4,5 \
     --config.context.pa_groups=rating>=5,rating>=4,interact --config.context.pa_group_size=10
+
+or from a behaviour column, weak to strong (a level may merge tokens with ``/``)::
+
+    --config.dataset.level_field=behavior --config.dataset.level_tokens=pv,cart/fav,buy \
+    --config.context.pa_groups=buy,cart/fav,pv --config.context.pa_group_size=10
 """
 
 from pathlib import Path
@@ -26,6 +31,7 @@ def get_config():
     c.dataset.name = "atomic"
     c.dataset.level_field = ""  # one behaviour level; see the docstring for a funnel
     c.dataset.level_thresholds = ()
+    c.dataset.level_tokens = ()
     c.context.pa_groups = ("interact",)
     c.context.pa_group_size = 30
     return c

@@ -29,7 +29,7 @@ class ConfigError(ValueError):
 # would change the build key of every existing dataset build (data/context.py). The level keys
 # give the generic ``atomic`` reader a funnel (data/readers/atomic.py).
 OPTIONAL_KEYS = frozenset({"context.train_fraction", "dataset.level_field",
-                           "dataset.level_thresholds"})
+                           "dataset.level_thresholds", "dataset.level_tokens"})
 
 
 def unknown_key(key: str, known: Sequence[str], prefix: str = "config.") -> ConfigError:
@@ -190,22 +190,21 @@ def validate(config: ml_collections.ConfigDict) -> None:
 
 
 def _validate_levels(dataset: ml_collections.ConfigDict) -> None:
-    """The atomic reader's funnel: behaviour levels from thresholds on one numeric column."""
-    field = dataset.get("level_field", "")
-    thresholds = tuple(dataset.get("level_thresholds", ()))
-    if not field and not thresholds:
+    """The atomic reader's funnel: levels from thresholds on a numeric column or named tokens."""
+    levels = {key: dataset.get(key, default) for key, default in (
+        ("level_field", ""), ("level_thresholds", ()), ("level_tokens", ()))}
+    if not any(levels.values()):
         return
     if dataset.name != "atomic":
-        raise ConfigError(f"config.dataset.level_field/level_thresholds apply to the 'atomic' "
-                          f"reader, not {dataset.name!r}")
-    if not field or not thresholds:
-        raise ConfigError("config.dataset.level_field and config.dataset.level_thresholds go "
-                          f"together (got {field!r} and {thresholds})")
-    numbers = all(isinstance(t, int | float) and not isinstance(t, bool) and math.isfinite(t)
-                  for t in thresholds)
-    if not numbers or any(b <= a for a, b in zip(thresholds, thresholds[1:], strict=False)):
-        raise ConfigError(f"config.dataset.level_thresholds={thresholds}: expected finite "
-                          "numbers in increasing order")
+        raise ConfigError(f"config.dataset.level_field/level_thresholds/level_tokens apply to the "
+                          f"'atomic' reader, not {dataset.name!r}")
+    from onepiece_jax.data.readers.atomic import check_levels
+
+    try:
+        check_levels(levels["level_field"], tuple(levels["level_thresholds"]),
+                     tuple(levels["level_tokens"]))
+    except ValueError as e:
+        raise ConfigError(f"config.dataset.{e}") from None
 
 
 # The feature tables come from the data; the model's own checks need only an item-id table.

@@ -93,9 +93,11 @@ def test_a_stored_config_gets_keys_added_since_and_names_keys_no_longer_read():
 
 
 @pytest.mark.parametrize("overrides, message", [
-    (["--config.dataset.level_thresholds=4,5"], "go together"),
+    (["--config.dataset.level_thresholds=4,5"], "give a field with them"),
     (["--config.dataset.level_field=rating", "--config.dataset.level_thresholds=5,4"],
-     "increasing order"),
+     "give finite, increasing thresholds"),
+    (["--config.dataset.level_field=behavior", "--config.dataset.level_tokens=pv,buy",
+      "--config.dataset.level_thresholds=4,"], "not both"),
     (["--config.dataset.name=ml100k", "--config.dataset.level_field=rating",
       "--config.dataset.level_thresholds=4,5"], "apply to the 'atomic' reader, not 'ml100k'"),
 ])
@@ -106,3 +108,6 @@ def test_the_atomic_readers_funnel_keys_are_checked_before_anything_runs(overrid
     funnel = load_config(atomic, ["--config.dataset.level_field=rating",
                                   "--config.dataset.level_thresholds=4,5"])
     assert funnel.dataset.level_thresholds == (4, 5)
+    tokens = load_config(atomic, ["--config.dataset.level_field=behavior",
+                                  "--config.dataset.level_tokens=pv,cart/fav,buy"])
+    assert tokens.dataset.level_tokens == ("pv", "cart/fav", "buy")

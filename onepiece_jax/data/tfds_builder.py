@@ -46,7 +46,8 @@ def read_log(config) -> EventLog:
         options["time_precision"] = ds.time_precision
     if ds.get("level_field"):
         options.update(level_field=ds.level_field,
-                       level_thresholds=tuple(float(t) for t in ds.level_thresholds))
+                       level_thresholds=tuple(ds.get("level_thresholds", ())),
+                       level_tokens=tuple(ds.get("level_tokens", ())))
     log = read_dataset(ds.name, ds.path, **options)
     if config.mode == "ranking" and log.requests is None:
         log.requests = sessions_to_requests(log, session_seconds=ds.session_seconds,

@@ -192,12 +192,39 @@ def test_atomic_levels_from_a_rating_are_the_ml100k_readers_funnel(shared_data):
     np.testing.assert_array_equal(read_log(config).behavior, ml.behavior)  # config → reader
 
 
-@pytest.mark.parametrize("kwargs", [dict(level_field="rating"), dict(level_thresholds=(4,)),
-                                    dict(level_field="rating", level_thresholds=(5, 4)),
-                                    dict(level_field="timestamp", level_thresholds=(4,))])
-def test_atomic_levels_need_a_field_and_increasing_thresholds(tmp_path, kwargs):
+def test_atomic_levels_from_a_behaviour_column_are_the_taobao_readers_funnel(shared_data,
+                                                                           tmp_path):
+    csv = shared_data / "taobao-userbehavior-slice" / "UserBehavior.csv"
+    rows = [line.split(",") for line in csv.read_text().splitlines() if line.strip()]
+    _write(tmp_path / "taobao.inter", [
+        "user_id:token\titem_id:token\tcategory_id:token\tbehavior:token\ttimestamp:float",
+        *("\t".join(row) for row in rows)])
+    atomic = read_dataset("atomic", tmp_path, level_field="behavior",
+                          level_tokens=("pv", "cart/fav", "buy"))
+    taobao = read_dataset("taobao", csv)
+    for column in ("user", "item", "time", "behavior"):
+        np.testing.assert_array_equal(getattr(atomic, column), getattr(taobao, column))
+    assert atomic.behaviors == taobao.behaviors == ("pv", "cart/fav", "buy")
+    assert atomic.raw_behavior_counts == taobao.raw_behavior_counts  # pv, cart, fav, buy apart
+    _write(tmp_path / "taobao.inter", ["user_id:token\titem_id:token\tbehavior:token",
+                                       "1\t2\tpv", "1\t3\tclick"])
+    _expect_error(lambda: read_dataset("atomic", tmp_path, level_field="behavior",
+                                       level_tokens=("pv", "buy")),
+                  tmp_path / "taobao.inter", 3, "behavior")
+
+
+@pytest.mark.parametrize("kwargs, give", [
+    (dict(level_field="rating"), "thresholds or tokens with it"),
+    (dict(level_thresholds=(4,)), "a field with them"),
+    (dict(level_field="rating", level_thresholds=(5, 4)), "finite, increasing thresholds"),
+    (dict(level_field="rating", level_thresholds=(4, float("nan"))), "finite, increasing"),
+    (dict(level_field="timestamp", level_thresholds=(4,)), "a column other than the ids"),
+    (dict(level_field="b", level_thresholds=(4,), level_tokens=("x",)), "thresholds or tokens, not"),
+    (dict(level_field="b", level_tokens=("pv", "cart/pv")), "each token once"),
+])
+def test_atomic_funnel_options_that_cannot_work_say_what_to_give(tmp_path, kwargs, give):
     _write(tmp_path / "x.inter", ["user_id:token\titem_id:token", "1\t2"])
-    with pytest.raises(ValueError, match="give both, with increasing thresholds, or neither"):
+    with pytest.raises(ValueError, match=f"level_field=.*: give {give}"):
         read_dataset("atomic", tmp_path, **kwargs)
 
 

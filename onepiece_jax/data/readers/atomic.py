@@ -10,11 +10,14 @@ tokens), ``float`` or ``float_seq``.
   names them otherwise, Yelp's ``business_id`` say, is renamed in the header); ``timestamp``
   (seconds, written as a number) orders each user's events, and without it the file's order
   does (``has_timestamps`` False; an event's time is its position in the user's sequence).
-  Every interaction is one behaviour, ``interact``, unless ``level_field`` names a numeric
-  column and ``level_thresholds`` its increasing thresholds: then an event's level is the
-  strongest it reaches, a funnel ``interact`` → ``FIELD>=T1`` → ``FIELD>=T2`` … (MovieLens with
-  ``rating`` and (4, 5) is the ``ml100k`` reader's watched → rated ≥ 4 → rated 5). The other
-  columns are not read, and counted in ``skipped["inter_columns_not_used"]``.
+  Every interaction is one behaviour, ``interact``, unless ``level_field`` names a column that
+  sets a funnel. A numeric column with ``level_thresholds`` (increasing): an event's level is
+  the strongest it reaches, ``interact`` → ``FIELD>=T1`` → ``FIELD>=T2`` … (MovieLens with
+  ``rating`` and (4, 5) is the ``ml100k`` reader's watched → rated ≥ 4 → rated 5). A token
+  column with ``level_tokens``, weak to strong, each level one token or several joined by
+  ``/`` (Taobao's ``("pv", "cart/fav", "buy")``); a token the list lacks is an error naming
+  its line. The other columns are not read, and counted in
+  ``skipped["inter_columns_not_used"]``.
 * ``NAME.item`` / ``NAME.user`` (optional; the first row per id counts, repeats are counted in
   ``skipped["duplicate_item_rows"]`` / ``"duplicate_user_rows"``): every ``token`` column is a
   categorical feature of that name (an empty cell is missing), every ``token_seq`` column a
@@ -50,14 +53,10 @@ TIME = "timestamp"
 
 
 def read_atomic(path: str | Path, *, max_seq: int = MAX_SEQ, level_field: str = "",
-                level_thresholds: Sequence[float] = ()) -> EventLog:
+                level_thresholds: Sequence[float] = (),
+                level_tokens: Sequence[str] = ()) -> EventLog:
     """Reads ``NAME.inter`` (a file, or the one ``*.inter`` of a folder) and its catalogues."""
-    thresholds = np.asarray(level_thresholds, np.float64)
-    if (bool(level_field) != bool(thresholds.size) or np.any(np.diff(thresholds) <= 0)
-            or level_field in ("user_id", "item_id", TIME)):
-        raise ValueError(f"level_field={level_field!r}, level_thresholds={tuple(thresholds)}: "
-                         "give both, with increasing thresholds, or neither; the field is a "
-                         "column other than the ids and the timestamp")
+    funnel = _Funnel.of(level_field, level_thresholds, level_tokens)
     inter = _inter_file(Path(path))
     skipped: dict[str, int] = {}
     columns = _typed_header(inter)
@@ -77,7 +76,7 @@ def read_atomic(path: str | Path, *, max_seq: int = MAX_SEQ, level_field: str = 
         if TIME in read:
             parts[TIME].append(c.to_time(cells[TIME], nums, inter, TIME))
         if level_field:
-            parts[level_field].append(c.to_float(cells[level_field], nums, inter, level_field))
+            parts[level_field].append(funnel.codes(cells[level_field], nums, inter))
     user_raw, item_raw = np.concatenate(parts["user_id"]), np.concatenate(parts["item_id"])
     time_parts = parts.get(TIME, [])
     item_raw, item_ids, item_features = _entity("item", item_raw, inter, skipped, max_seq)
@@ -90,15 +89,78 @@ def read_atomic(path: str | Path, *, max_seq: int = MAX_SEQ, level_field: str = 
         counts = np.bincount(user, minlength=user_ids.size + 1)
         time = np.empty(user.size, np.int64)
         time[order] = np.arange(user.size) - np.repeat(np.cumsum(counts) - counts, counts)
-    behaviors = BEHAVIORS + tuple(f"{level_field}>={t:g}" for t in thresholds)
-    level = (1 + np.searchsorted(thresholds, np.concatenate(parts[level_field]), side="right")
-             if level_field else np.ones(user.size, np.int64))
+    codes = (np.concatenate(parts[level_field]) if level_field
+             else np.zeros(user.size, np.int64))
     return c.build_log(
         dataset=inter.stem, user=user, item=c.dense(item_ids, item_raw), time=time,
-        behavior=level, query=None, behaviors=behaviors, has_timestamps=bool(time_parts),
-        item_features=item_features, user_features=user_features,
-        item_ids=c.with_padding_row(item_ids), user_ids=c.with_padding_row(user_ids),
-        skipped=skipped, raw_behavior_counts=c.count_by_name(level, behaviors, base=1))
+        behavior=funnel.levels(codes), query=None, behaviors=funnel.behaviors,
+        has_timestamps=bool(time_parts), item_features=item_features,
+        user_features=user_features, item_ids=c.with_padding_row(item_ids),
+        user_ids=c.with_padding_row(user_ids), skipped=skipped,
+        raw_behavior_counts=funnel.raw_counts(codes))
+
+
+def check_levels(field: str, thresholds: Sequence[float], tokens: Sequence[str]) -> None:
+    """Refuses a funnel the reader could not use (``ValueError`` saying what to give); config
+    validation calls it, so a bad one stops before anything runs."""
+    _Funnel.of(field, thresholds, tokens)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Funnel:
+    """How an event's level is read: one level, thresholds on a number, or named tokens."""
+
+    field: str
+    thresholds: np.ndarray  # float64[L-1], increasing
+    tokens: tuple[bytes, ...]  # every listed token, in level order
+    token_level: np.ndarray  # int64[len(tokens)]: the level of each token
+    behaviors: tuple[str, ...]
+
+    @classmethod
+    def of(cls, field: str, thresholds: Sequence[float], tokens: Sequence[str]) -> _Funnel:
+        numeric = all(isinstance(t, int | float) and not isinstance(t, bool) and np.isfinite(t)
+                      for t in thresholds)
+        groups = [str(level).split("/") for level in tokens]
+        flat = [t for g in groups for t in g]
+        problem = (
+            "a column other than the ids and the timestamp" if field in ("user_id", "item_id",
+                                                                         TIME)
+            else "thresholds or tokens, not both" if thresholds and flat
+            else "thresholds or tokens with it" if field and not (thresholds or flat)
+            else "a field with them" if not field and (thresholds or flat)
+            else "finite, increasing thresholds" if not numeric or any(
+                b <= a for a, b in zip(thresholds, thresholds[1:], strict=False))
+            else "each token once, none empty" if len(set(flat)) != len(flat) or "" in flat
+            else None)
+        if problem:
+            raise ValueError(f"level_field={field!r}, level_thresholds={tuple(thresholds)}, "
+                             f"level_tokens={tuple(tokens)}: give {problem}")
+        thresholds = np.asarray(thresholds, np.float64)
+        if flat:
+            behaviors = tuple(tokens)
+        else:
+            behaviors = BEHAVIORS + tuple(f"{field}>={t:g}" for t in thresholds)
+        return cls(field, thresholds, tuple(t.encode() for t in flat),
+                   np.repeat(np.arange(1, len(groups) + 1), [len(g) for g in groups]),
+                   behaviors)
+
+    def codes(self, cells: np.ndarray, nums: np.ndarray, path: Path) -> np.ndarray:
+        """One chunk's level column: numbers (thresholds) or token indices (tokens)."""
+        if self.tokens:
+            return c.lookup(np.char.strip(cells), {t: k for k, t in enumerate(self.tokens)},
+                            nums, path, self.field)
+        return c.to_float(cells, nums, path, self.field)
+
+    def levels(self, codes: np.ndarray) -> np.ndarray:
+        if self.tokens:
+            return self.token_level[codes.astype(np.int64)]
+        return 1 + np.searchsorted(self.thresholds, codes, side="right")
+
+    def raw_counts(self, codes: np.ndarray) -> dict[str, int]:
+        """Events per source token (merged levels kept apart), else per level."""
+        if self.tokens:
+            return c.count_by_name(codes.astype(np.int64), [t.decode() for t in self.tokens])
+        return c.count_by_name(self.levels(codes), self.behaviors, base=1)
 
 
 def _inter_file(path: Path) -> Path:
