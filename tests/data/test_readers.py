@@ -219,7 +219,8 @@ def test_atomic_levels_from_a_behaviour_column_are_the_taobao_readers_funnel(sha
     (dict(level_field="rating", level_thresholds=(5, 4)), "finite, increasing thresholds"),
     (dict(level_field="rating", level_thresholds=(4, float("nan"))), "finite, increasing"),
     (dict(level_field="timestamp", level_thresholds=(4,)), "a column other than the ids"),
-    (dict(level_field="b", level_thresholds=(4,), level_tokens=("x",)), "thresholds or tokens, not"),
+    (dict(level_field="b", level_thresholds=(4,), level_tokens=("x",)),
+     "thresholds or tokens, not"),
     (dict(level_field="b", level_tokens=("pv", "cart/pv")), "each token once"),
 ])
 def test_atomic_funnel_options_that_cannot_work_say_what_to_give(tmp_path, kwargs, give):
