@@ -223,7 +223,8 @@ class Bundle:
 
     def __post_init__(self):
         self._compiled = {name: jax.jit(fn.call) for name, fn in self.functions.items()}
-        self._raw_ids: dict[str, tuple[np.ndarray, np.ndarray]] = {}  # entity: (ids, argsort)
+        # entity: (raw id of each dense id, argsort of rows 1.., those rows sorted)
+        self._raw_ids: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
 
     def run(self, function: str, batch: Mapping[str, Any]) -> np.ndarray:
         """The exported function on one batch (the pipeline's dict; extra keys ignored)."""
@@ -280,7 +281,8 @@ class Bundle:
         if entity not in self._raw_ids:
             with np.load(self.root / info["file"]) as npz:
                 ids = npz[entity]
-            self._raw_ids[entity] = ids, np.argsort(ids[1:], kind="stable")
+            order = np.argsort(ids[1:], kind="stable")
+            self._raw_ids[entity] = ids, order, ids[1:][order]
         return self._raw_ids[entity][0]
 
     def decode(self, entity: str, ids: np.ndarray) -> np.ndarray:
@@ -297,16 +299,16 @@ class Bundle:
         have is refused by name (``unknown="error"``) or mapped to 0, padding (``"zero"``)."""
         if unknown not in ("error", "zero"):
             raise BundleError(f"unknown={unknown!r}: expected 'error' or 'zero'")
-        table = self.raw_ids(entity)[1:]
-        order = self._raw_ids[entity][1]
+        self.raw_ids(entity)
+        _, order, known = self._raw_ids[entity]
         raw = np.asarray(raw)
-        if {raw.dtype.kind, table.dtype.kind} - {"i", "u"} and raw.dtype.kind != table.dtype.kind:
-            raise BundleError(f"raw {entity} ids here are {table.dtype}, got {raw.dtype}")
-        pos = np.minimum(np.searchsorted(table[order], raw), table.size - 1)
-        hit = table[order][pos] == raw
+        if {raw.dtype.kind, known.dtype.kind} - {"i", "u"} and raw.dtype.kind != known.dtype.kind:
+            raise BundleError(f"raw {entity} ids here are {known.dtype}, got {raw.dtype}")
+        pos = np.minimum(np.searchsorted(known, raw), known.size - 1)
+        hit = known[pos] == raw
         if unknown == "error" and not hit.all():
             raise BundleError(f"{entity} id {raw[~hit].flat[0].item()!r} is not in the bundle's "
-                              f"vocabulary of {table.size}; pass unknown='zero' to map such ids "
+                              f"vocabulary of {known.size}; pass unknown='zero' to map such ids "
                               "to 0 (padding)")
         return np.where(hit, order[pos] + 1, 0).astype(np.int32)
 

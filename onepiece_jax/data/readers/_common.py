@@ -61,13 +61,18 @@ def iter_line_chunks(path: Path, skipped: dict[str, int], *, header: bool = Fals
         raise DataError("empty file (no data lines)", path=str(path), line=lineno + 1)
 
 
-def read_header(path: Path, sep: bytes) -> list[str]:
-    """The column names of a file's header line (RecBole ``name:type`` suffixes removed)."""
+def header_cells(path: Path, sep: bytes) -> list[str]:
+    """The cells of a file's header line, stripped (RecBole writes them ``name:type``)."""
     with open(path, "rb") as f:
         first = f.readline().rstrip(b"\r\n")
     if not first.strip():
         raise DataError("empty file (no header line)", path=str(path), line=1)
-    return [c.decode("utf-8", "replace").split(":")[0].strip() for c in first.split(sep)]
+    return [c.decode("utf-8", "replace").strip() for c in first.split(sep)]
+
+
+def read_header(path: Path, sep: bytes) -> list[str]:
+    """The column names of a file's header line (RecBole ``name:type`` suffixes removed)."""
+    return [cell.split(":")[0].strip() for cell in header_cells(path, sep)]
 
 
 def column_index(names: list[str], wanted: str, path: Path) -> int:
@@ -119,7 +124,8 @@ def first_rows(ids: np.ndarray, skipped: dict[str, int], key: str) -> np.ndarray
     return np.sort(first)
 
 
-def _first_bad(tokens: np.ndarray, ok) -> int:
+def first_bad(tokens: np.ndarray, ok) -> int:
+    """Index of the first token ``ok`` refuses (-1 if none): errors name its line."""
     for i, tok in enumerate(tokens.tolist()):
         if not ok(tok):
             return i
@@ -151,7 +157,7 @@ def to_int(tokens: np.ndarray, nums: np.ndarray, path: Path, field: str) -> np.n
     try:
         return tokens.astype(np.int64)
     except (ValueError, OverflowError):
-        i = _first_bad(tokens, _parses_int64)
+        i = first_bad(tokens, _parses_int64)
         raise DataError(f"not an integer in the int64 range: {tokens[i]!r}", path=str(path),
                         line=int(nums[i]), field=field) from None
 
@@ -163,7 +169,7 @@ def to_float(tokens: np.ndarray, nums: np.ndarray, path: Path, field: str) -> np
         bad = np.flatnonzero(~np.isfinite(out))
         i = int(bad[0]) if bad.size else -1
     except ValueError:
-        i = _first_bad(tokens, _parses(float))
+        i = first_bad(tokens, _parses(float))
     if i >= 0:
         raise DataError(f"not a finite number: {tokens[i]!r}", path=str(path),
                         line=int(nums[i]), field=field)

@@ -176,17 +176,12 @@ def _inter_file(path: Path) -> Path:
 
 def _typed_header(path: Path) -> dict[str, str]:
     """``{name: type}`` of a RecBole header line, in column order."""
-    with open(path, "rb") as f:
-        first = f.readline().rstrip(b"\r\n")
-    if not first.strip():
-        raise DataError("empty file (no header line)", path=str(path), line=1)
     columns: dict[str, str] = {}
-    for cell in first.split(b"\t"):
-        name, _, kind = cell.decode("utf-8", "replace").strip().partition(":")
+    for cell in c.header_cells(path, b"\t"):
+        name, _, kind = cell.partition(":")
         if kind not in TYPES:
-            raise DataError(f"header cell {cell.decode('utf-8', 'replace')!r} is not name:type "
-                            f"with a type of {', '.join(TYPES)}", path=str(path), line=1,
-                            field=name)
+            raise DataError(f"header cell {cell!r} is not name:type with a type of "
+                            f"{', '.join(TYPES)}", path=str(path), line=1, field=name)
         if name in columns:
             raise DataError(f"header names column {name!r} twice", path=str(path), line=1,
                             field=name)
@@ -204,7 +199,7 @@ def _ids(tokens: np.ndarray, nums: np.ndarray, path: Path, field: str) -> np.nda
     try:
         np.char.decode(tokens, "utf-8")
     except UnicodeDecodeError:
-        i = next(i for i, tok in enumerate(tokens.tolist()) if not _is_utf8(tok))
+        i = c.first_bad(tokens, _is_utf8)
         raise DataError(f"not UTF-8: {tokens[i]!r}", path=str(path), line=int(nums[i]),
                         field=field) from None
     return tokens
