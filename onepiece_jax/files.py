@@ -1,7 +1,7 @@
 """Files: what a dataset's files hold (``content_id``, so that a moved dataset is the same
 data), and writing and reading the small files whose presence means something: a run's record
 and ``results.json`` (a run is finished when it exists), checkpoint manifests, dataset stamps,
-bundle manifests.
+bundle manifests. And the locks that keep two processes out of one directory.
 
 Such a file written in place and cut short by a kill or a full disk would be read later as
 finished but garbled, so writes go to a temporary sibling that replaces the file only once
@@ -13,10 +13,15 @@ hash, as it runs without this package).
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
 import os
+import socket
 import threading
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -82,3 +87,52 @@ def read_json(path: str | Path, what: str = "file") -> Any:
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise ValueError(f"{what} {path} is not valid JSON ({e}); it was cut short or "
                          "edited: restore it, or move its folder away") from e
+
+
+class LockHeld(RuntimeError):
+    """Another process holds a lock that ``hold_lock`` was told not to wait for."""
+
+    def __init__(self, path: Path, holder: str):
+        super().__init__(f"{path} is held by {holder}")
+        self.path, self.holder = path, holder
+
+
+@contextlib.contextmanager
+def hold_lock(path: str | Path, *, wait: bool = False,
+              busy: Callable[[str], Exception] | None = None) -> Iterator[None]:
+    """Holds an exclusive ``flock`` on ``path`` (created if missing) for the block, and writes
+    who holds it (pid, host, since when) into the file. Held by another process: waits with
+    ``wait``, else raises ``busy(holder)`` (default ``LockHeld``). The kernel drops the lock when
+    its holder exits, even killed, so it never goes stale."""
+    path = Path(path)
+    with path.open("a+") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except BlockingIOError:
+            holder = _holder(f)
+            raise (busy or (lambda h: LockHeld(path, h)))(holder) from None
+        f.truncate(0)
+        f.write(f"pid {os.getpid()} on {socket.gethostname()} since "
+                f"{time.strftime('%Y-%m-%d %H:%M:%S')}")
+        f.flush()
+        yield
+
+
+def lock_holder(path: str | Path) -> str | None:
+    """Who holds ``path``'s lock now, or None when nobody does (or there is no such file). A
+    probe: it takes the lock and drops it at once."""
+    try:
+        f = Path(path).open("r")
+    except FileNotFoundError:
+        return None
+    with f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return _holder(f)
+        return None
+
+
+def _holder(f) -> str:
+    f.seek(0)
+    return f.read().strip() or "another process"

@@ -1,11 +1,15 @@
-"""Shared fixtures: the offline copies of the public datasets and a small synthetic dataset."""
+"""Shared fixtures: the offline copies of the public datasets, a small synthetic dataset, and
+processes that hold a lock (another job on the same folder)."""
 
 from __future__ import annotations
 
 import atexit
 import os
 import shutil
+import subprocess
+import sys
 import tempfile
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 # Most test time is XLA compilation of tiny models, and XLA's optimisation passes cost more than
@@ -49,3 +53,26 @@ def synthetic_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
     return generate_synthetic(tmp_path_factory.mktemp("synthetic"), num_users=300,
                               num_items=2000, seed=7)
+
+
+@pytest.fixture
+def lock_holder() -> Iterator[Callable[[Path], subprocess.Popen]]:
+    """Starts a process that holds ``files.hold_lock(path)`` until killed (as another job
+    would) and returns once it holds it; all are killed at the end of the test."""
+    procs: list[subprocess.Popen] = []
+
+    def start(path: Path) -> subprocess.Popen:
+        proc = subprocess.Popen(
+            [sys.executable, "-c", "import sys, time\n"
+             "from onepiece_jax.files import hold_lock\n"
+             "with hold_lock(sys.argv[1]):\n"
+             "    print('held', flush=True); time.sleep(600)", str(path)],
+            cwd=REPO_ROOT, stdout=subprocess.PIPE, text=True)
+        procs.append(proc)
+        assert proc.stdout.readline().strip() == "held"
+        return proc
+
+    yield start
+    for proc in procs:
+        proc.kill()
+        proc.wait()

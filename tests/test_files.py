@@ -1,8 +1,11 @@
-"""Atomic writes and JSON reads of the files whose presence marks a finished step."""
+"""Atomic writes and JSON reads of the files whose presence marks a finished step, and the locks
+that keep two processes out of one folder."""
 
 import hashlib
 import json
 import os
+import threading
+import time
 
 import pytest
 
@@ -64,3 +67,31 @@ def test_a_files_content_id_counts_the_companions_that_share_its_stem(tmp_path):
         (moved / name).write_bytes((tmp_path / name).read_bytes())
     assert files.content_id(moved / "shop.inter") == with_items
     assert files.content_id("") is None and files.content_id(tmp_path / "missing") is None
+
+
+def test_a_held_lock_is_refused_naming_its_holder_and_free_once_the_holder_is_killed(
+        tmp_path, lock_holder):
+    path = tmp_path / ".lock"
+    assert files.lock_holder(path) is None  # no file yet
+    holder = lock_holder(path)
+    assert files.lock_holder(path).startswith(f"pid {holder.pid} on ")
+    with pytest.raises(files.LockHeld, match=f"held by pid {holder.pid} on "):
+        with files.hold_lock(path):
+            raise AssertionError("entered a held lock")
+    with pytest.raises(KeyError, match=f"pid {holder.pid}"):
+        with files.hold_lock(path, busy=KeyError):
+            raise AssertionError("entered a held lock")
+    holder.kill()
+    holder.wait()
+    assert files.lock_holder(path) is None
+    with files.hold_lock(path):
+        assert files.lock_holder(path).startswith(f"pid {os.getpid()} on ")
+
+
+def test_a_waiting_lock_is_entered_once_its_holder_exits(tmp_path, lock_holder):
+    path = tmp_path / ".lock"
+    holder = lock_holder(path)
+    threading.Timer(0.5, holder.kill).start()
+    start = time.monotonic()
+    with files.hold_lock(path, wait=True):
+        assert holder.wait(timeout=5) is not None and time.monotonic() - start >= 0.4

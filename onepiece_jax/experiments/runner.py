@@ -9,6 +9,7 @@ Layout under ``--out`` (default ``runs/experiments``)::
                                                 experiment.json (suite, variant, seed, budget,
                                                 config hash, command, wall time)
     NAME/_stale/                                runs whose config changed, moved aside
+    NAME/_logs/, NAME/_locks/                   each run's log (``--jobs``) and lock
 
 A run is cached when its ``results.json`` exists and its fully resolved config equals the one in
 ``experiment.json`` (compared by hash; a key added to the defaults since that run was made counts
@@ -24,6 +25,11 @@ of a public dataset's files, the generator settings of synthetic logs). So a run
 moved or copied elsewhere, or a ``--data-dir`` spelled another way, keeps its finished runs, while
 an edited data file retrains them. A moved run is rewritten to its new paths the next time the
 suite runs (its dataset build is made again at the new place: builds are cheap and keyed by path).
+
+A run is locked while it runs, so several ``onepiece experiment`` invocations on one ``--out``
+(more processes, or hosts sharing a file system) share a suite's runs: each skips the runs another
+is running and comes back to them at the end, taking over (resuming) a run whose holder stopped and
+waiting for the others, so that either writes the whole report.
 """
 
 from __future__ import annotations
@@ -58,16 +64,29 @@ from onepiece_jax.experiments.suites import (
     get_budget,
     get_suite,
 )
-from onepiece_jax.files import content_id, read_json, write_atomic, write_json
+from onepiece_jax.files import (
+    content_id,
+    hold_lock,
+    lock_holder,
+    read_json,
+    write_atomic,
+    write_json,
+)
 
 RECORD = "experiment.json"
 EXIT_PREEMPTED = 75  # a run process that was preempted and saved (EX_TEMPFAIL)
+EXIT_TAKEN = 76  # a run process that found its run being run by another invocation
+POLL_SECONDS = 5.0  # how often runs held by another invocation are checked again
 FETCHERS: Mapping[str, Callable[[Path], Path]] = {"ml100k": fetch_ml100k}
 SYNTHETIC_SEED = 0  # the logs are one fixed world; seeds vary the training
 
 
 class SuitePreempted(RuntimeError):
     """A run was preempted (SIGTERM/SIGINT) and saved; the same command resumes the suite."""
+
+
+class RunTaken(RuntimeError):
+    """Another process (another ``onepiece experiment`` on the same ``--out``) runs this run."""
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -320,9 +339,30 @@ def _write_record(run: Run, **fields: Any) -> None:
     write_json(run.workdir / RECORD, record)
 
 
+def _side_file(run: Run, folder: str, suffix: str) -> Path:
+    """``OUT/SUITE/FOLDER/VARIANT-seedK.SUFFIX``: a run's log or lock, kept outside its workdir
+    (which a changed config moves aside)."""
+    return run.workdir.parents[1] / folder / f"{run.variant.name}-seed{run.seed}.{suffix}"
+
+
+def run_holder(run: Run) -> str | None:
+    """Who is running ``run`` now (pid, host, since when), or None."""
+    return lock_holder(_side_file(run, "_locks", "lock"))
+
+
 def execute(run: Run, *, attention: bool = False) -> str:
     """Brings one run to ``done``: trains (or resumes), or scores a training-free row; with
-    ``attention`` also saves its segment-averaged attention maps. Returns what it did."""
+    ``attention`` also saves its segment-averaged attention maps. Returns what it did. Holds the
+    run's lock meanwhile: ``RunTaken`` if another process holds it."""
+    lock = _side_file(run, "_locks", "lock")
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    with hold_lock(lock, busy=lambda holder: RunTaken(
+            f"suite {run.suite!r}, variant {run.variant.name!r}, seed {run.seed} is being run "
+            f"by {holder}")):
+        return _execute(run, attention=attention)
+
+
+def _execute(run: Run, *, attention: bool) -> str:
     import jax
 
     status = run_status(run)
@@ -446,9 +486,17 @@ def run_suite(name: str, *, seeds: int | None = None, budget: str = "small",
                                          data_dir=data_dir, variants=variants)
     start = time.perf_counter()
     if jobs == 1:
-        for i, run in enumerate(todo, 1):
+        waiting, elsewhere = list(range(1, len(todo) + 1)), _Elsewhere(todo)
+        while waiting or elsewhere:
+            waiting += elsewhere.freed(wait=not waiting)
+            i = waiting.pop(0)
+            run = todo[i - 1]
             print(f"{_heading(i, todo)}: {run_status(run)} → {run.workdir}", flush=True)
-            did = execute(run, attention=suite.attention)
+            try:
+                did = execute(run, attention=suite.attention)
+            except RunTaken as e:
+                elsewhere.add(i, str(e))
+                continue
             print(f"[{i}/{len(todo)}] {did}", flush=True)
     elif todo:
         run_in_processes(todo, jobs=jobs, attention=suite.attention, data_dir=data_dir)
@@ -465,6 +513,37 @@ def _heading(i: int, runs: list[Run]) -> str:
     return f"[{i}/{len(runs)}] {run.suite}/{run.variant.name} seed {run.seed} ({run.variant.label})"
 
 
+class _Elsewhere:
+    """The runs (by 1-based index) that another invocation is running: this one comes back to
+    them once it has run the rest, checking every ``POLL_SECONDS``, and takes up each one whose
+    lock is free again (finished there: cached here; stopped there: resumed here)."""
+
+    def __init__(self, runs: list[Run]):
+        self.runs, self.held, self.checked = runs, [], 0.0
+
+    def __bool__(self) -> bool:
+        return bool(self.held)
+
+    def add(self, i: int, why: str) -> None:
+        print(f"[{i}/{len(self.runs)}] {why}: left to it; this invocation comes back to it at "
+              "the end, to take it up if that one stops or to wait for it", flush=True)
+        self.held.append(i)
+
+    def freed(self, *, wait: bool) -> list[int]:
+        """The held runs whose lock is free now; with ``wait``, blocks until there is one."""
+        while self.held:
+            if time.monotonic() - self.checked >= POLL_SECONDS:
+                self.checked = time.monotonic()
+                free = [i for i in self.held if run_holder(self.runs[i - 1]) is None]
+                if free or not wait:
+                    self.held = [i for i in self.held if i not in free]
+                    return free
+            if not wait:
+                return []
+            time.sleep(0.2)
+        return []
+
+
 # --------------------------------------------------------------------------- several at once
 def run_in_processes(runs: list[Run], *, jobs: int, attention: bool, data_dir: Path) -> None:
     """Brings every run to ``done`` with up to ``jobs`` run processes at once, in the suite's
@@ -476,14 +555,10 @@ def run_in_processes(runs: list[Run], *, jobs: int, attention: bool, data_dir: P
     a dataset build wait for it (``ensure_built`` locks it). A failed run, or a SIGTERM/SIGINT to
     this process, stops new runs from starting and sends SIGTERM to the running ones, which save
     as on preemption; then the failure (with its log's tail) or ``SuitePreempted`` is raised,
-    and the same command resumes the suite.
+    and the same command resumes the suite. Runs another invocation holds are left to it and
+    come back at the end (``_Elsewhere``).
     """
-    waiting = []
-    for i, run in enumerate(runs, 1):
-        if run_status(run) == "done":
-            print(f"{_heading(i, runs)}: {execute(run, attention=attention)}", flush=True)
-        else:
-            waiting.append(i)
+    waiting, elsewhere = list(range(1, len(runs) + 1)), _Elsewhere(runs)
     running: dict[subprocess.Popen, tuple[int, Path, float]] = {}
     stopping: list[str] = []  # non-empty: no new run starts (the signals received or sent)
 
@@ -495,10 +570,24 @@ def run_in_processes(runs: list[Run], *, jobs: int, attention: bool, data_dir: P
     previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGINT)}
     failure = None
     try:
-        while running or (waiting and not stopping):
-            while waiting and len(running) < jobs and not stopping:
-                i = waiting.pop(0)
-                status = run_status(runs[i - 1])
+        while running or ((waiting or elsewhere) and not stopping):
+            waiting += elsewhere.freed(wait=False) if not waiting else []
+            while waiting and not stopping:  # cached runs need no process: not held up
+                i = waiting[0]
+                status, holder = run_status(runs[i - 1]), run_holder(runs[i - 1])
+                if holder is None and status != "done" and len(running) >= jobs:
+                    break
+                waiting.pop(0)
+                if holder is not None:
+                    elsewhere.add(i, f"{_heading(i, runs)}: being run by {holder}")
+                    continue
+                if status == "done":
+                    try:
+                        print(f"{_heading(i, runs)}: {execute(runs[i - 1], attention=attention)}",
+                              flush=True)
+                    except RunTaken as e:
+                        elsewhere.add(i, str(e))
+                    continue
                 proc, log = _start_process(runs[i - 1], attention=attention, data_dir=data_dir,
                                            jobs=jobs)
                 running[proc] = (i, log, time.perf_counter())
@@ -509,7 +598,9 @@ def run_in_processes(runs: list[Run], *, jobs: int, attention: bool, data_dir: P
                 i, log, began = running.pop(proc)
                 saved = stopping and proc.returncode in (EXIT_PREEMPTED, -signal.SIGTERM,
                                                          -signal.SIGINT)
-                if proc.returncode == 0 or saved:
+                if proc.returncode == EXIT_TAKEN and not stopping:
+                    elsewhere.add(i, f"{_heading(i, runs)}: taken by another invocation first")
+                elif proc.returncode == 0 or saved:
                     print(f"[{i}/{len(runs)}] {runs[i - 1].variant.name} seed "
                           f"{runs[i - 1].seed}: {'stopped and saved' if saved else 'done'}, "
                           f"{time.perf_counter() - began:.0f} s", flush=True)
@@ -543,7 +634,7 @@ def _start_process(run: Run, *, attention: bool, data_dir: Path, jobs: int
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     if not {"XLA_PYTHON_CLIENT_MEM_FRACTION", "XLA_PYTHON_CLIENT_PREALLOCATE"} & env.keys():
         env["XLA_PYTHON_CLIENT_MEM_FRACTION"] = f"{0.9 / jobs:.3f}"
-    log = run.workdir.parents[1] / "_logs" / f"{run.variant.name}-seed{run.seed}.log"
+    log = _side_file(run, "_logs", "log")
     log.parent.mkdir(parents=True, exist_ok=True)
     out = run.workdir.parents[2]
     argv = [sys.executable, "-m", "onepiece_jax.experiments.runner", "--suite", run.suite,
@@ -581,6 +672,9 @@ def _run_process(argv: list[str] | None = None) -> int:
     except SuitePreempted as e:
         print(e, flush=True)
         return EXIT_PREEMPTED
+    except RunTaken as e:
+        print(e, flush=True)
+        return EXIT_TAKEN
     except Exception as e:
         traceback.print_exc()
         from onepiece_jax.cli import EXIT_NONFINITE

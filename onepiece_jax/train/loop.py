@@ -17,13 +17,11 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import fcntl
 import functools
 import json
 import os
 import shutil
 import signal
-import socket
 import sys
 import threading
 import time
@@ -52,7 +50,13 @@ from onepiece_jax.data.tfds_builder import build, dataset_label, read_log
 from onepiece_jax.eval.ranking import task_readouts, task_scores
 from onepiece_jax.eval.retrieval import catalogue_layout, catalogue_vectors
 from onepiece_jax.eval.runner import eval_subset, evaluate_ranking, evaluate_retrieval
-from onepiece_jax.files import content_id, read_json, write_atomic, write_json
+from onepiece_jax.files import (
+    content_id,
+    hold_lock,
+    read_json,
+    write_atomic,
+    write_json,
+)
 from onepiece_jax.model.config import from_config as model_config_from
 from onepiece_jax.model.onepiece import OnePiece, param_summary
 from onepiece_jax.parallel import distributed
@@ -166,8 +170,7 @@ def _build_lock(out: Path):
     """Holds an exclusive lock on ``out`` while its build is checked or made, so runs started
     together on one build directory (``onepiece experiment --jobs``) build it once."""
     out.mkdir(parents=True, exist_ok=True)
-    with (out / ".build.lock").open("w") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)  # released when the file closes
+    with hold_lock(out / ".build.lock", wait=True):
         yield
 
 
@@ -176,24 +179,13 @@ def _build_lock(out: Path):
 def _training_lock(workdir: Path):
     """Process 0 holds ``WORKDIR/.train.lock`` while a run trains there, so a second ``onepiece
     train`` on the workdir (a double launch, a requeue while the first job still runs) fails at
-    start instead of both writing checkpoints into one directory. The kernel drops the lock when
-    its holder exits, even killed: it never goes stale."""
+    start instead of both writing checkpoints into one directory."""
     if not distributed.is_primary():
         yield
         return
-    with (workdir / ".train.lock").open("a+") as f:
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            f.seek(0)
-            holder = f.read().strip() or "another process"
-            raise WorkdirError(f"workdir {workdir} is being trained by {holder}; wait for it, "
-                               "or stop it (SIGTERM saves a checkpoint) and rerun to resume"
-                               ) from None
-        f.truncate(0)
-        f.write(f"pid {os.getpid()} on {socket.gethostname()} since "
-                f"{time.strftime('%Y-%m-%d %H:%M:%S')}")
-        f.flush()
+    with hold_lock(workdir / ".train.lock", busy=lambda holder: WorkdirError(
+            f"workdir {workdir} is being trained by {holder}; wait for it, or stop it (SIGTERM "
+            "saves a checkpoint) and rerun to resume")):
         yield
 
 

@@ -300,6 +300,57 @@ def test_sigterm_stops_the_running_processes_and_says_the_suite_resumes(tmp_path
     assert signal.getsignal(signal.SIGTERM) is before
 
 
+def test_runs_another_invocation_holds_are_left_to_it_and_taken_up_once_free(
+        tmp_path, monkeypatch, lock_holder):
+    """Two invocations on one --out (more processes, or hosts) share a suite: a run whose lock
+    is held is not started, a run taken first elsewhere (its process exits EXIT_TAKEN) is not a
+    failure, and both come back at the end: started once their holder is gone."""
+    runs, started = _scripted_runs(tmp_path, monkeypatch, {
+        "held": "print('ran')",
+        "taken": ("import os, sys\n"
+                  f"marker = {str(tmp_path / 'tried')!r}\n"
+                  "if not os.path.exists(marker):\n"
+                  "    open(marker, 'w').close(); sys.exit(76)\n")})
+    monkeypatch.setattr(runner, "POLL_SECONDS", 0.1)
+    lock = tmp_path / "s" / "_locks" / "held-seed0.lock"
+    lock.parent.mkdir(parents=True)
+    holder = lock_holder(lock)
+    start = runner._start_process
+    holder_alive = []
+
+    def recording(run, **kw):
+        holder_alive.append((run.variant.name, holder.poll() is None))
+        return start(run, **kw)
+
+    monkeypatch.setattr(runner, "_start_process", recording)
+    threading.Timer(1.5, holder.kill).start()
+    runner.run_in_processes(runs, jobs=2, attention=False, data_dir=tmp_path)
+    assert started == ["taken", "taken", "held"]
+    assert holder_alive[-1] == ("held", False)
+
+
+def test_a_single_process_suite_runs_the_rest_first_and_then_resumes_a_run_freed_by_its_holder(
+        tmp_path, monkeypatch, lock_holder, capsys):
+    _popularity_suite(monkeypatch)
+    monkeypatch.setattr(runner, "POLL_SECONDS", 0.1)
+    lock = tmp_path / "runs" / "pop" / "_locks" / "pop.week-seed0.lock"
+    lock.parent.mkdir(parents=True)
+    holder = lock_holder(lock)
+    scored, score = [], runner._score_without_training
+
+    def scoring(run):
+        scored.append(run.seed)
+        holder.kill()  # the other invocation stops without finishing its run
+        return score(run)
+
+    monkeypatch.setattr(runner, "_score_without_training", scoring)
+    text = run_suite("pop", seeds=2, budget="tiny", out=tmp_path / "runs",
+                     data_dir=tmp_path / "data", reports=tmp_path / "reports").read_text()
+    assert scored == [1, 0]
+    assert "runs finished: 2 of 2" in text
+    assert f"seed 0 is being run by pid {holder.pid} on " in capsys.readouterr().out
+
+
 def test_run_processes_share_accelerator_memory_unless_the_environment_says(tmp_path,
                                                                            monkeypatch):
     started = []

@@ -374,27 +374,19 @@ def test_read_only_workdir_fails_at_start(planted_build, tmp_path):
 
 
 def test_a_workdir_another_process_trains_in_is_refused_until_that_process_is_gone(
-        planted_build, tmp_path):
+        planted_build, tmp_path, lock_holder):
     """Two jobs on one workdir (a double launch, a requeue while the first still runs) would
     write checkpoints into one directory: the second fails at start naming the first; once the
     first is gone, killed without cleanup, the workdir is free again."""
     workdir = tmp_path / "run"
     workdir.mkdir()
-    holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time; from pathlib import Path; "
-         "from onepiece_jax.train.loop import _training_lock\n"
-         "with _training_lock(Path(sys.argv[1])):\n"
-         "    print('held', flush=True); time.sleep(600)", str(workdir)],
-        cwd=REPO, stdout=subprocess.PIPE, text=True)
-    try:
-        assert holder.stdout.readline().strip() == "held"
-        with pytest.raises(loop.WorkdirError,
-                           match=f"{workdir} is being trained by pid {holder.pid} on "):
-            loop.train_and_evaluate(tiny_config(str(planted_build)), workdir, progress=False)
-        assert not (workdir / "checkpoints").exists() and not (workdir / "config.json").exists()
-    finally:
-        holder.kill()
-        holder.wait()
+    holder = lock_holder(workdir / ".train.lock")
+    with pytest.raises(loop.WorkdirError,
+                       match=f"{workdir} is being trained by pid {holder.pid} on "):
+        loop.train_and_evaluate(tiny_config(str(planted_build)), workdir, progress=False)
+    assert not (workdir / "checkpoints").exists() and not (workdir / "config.json").exists()
+    holder.kill()
+    holder.wait()
     with loop._training_lock(workdir):
         assert (workdir / ".train.lock").read_text().startswith(f"pid {os.getpid()} on ")
 
