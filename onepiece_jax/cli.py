@@ -25,10 +25,29 @@ EXIT_NONFINITE = 3
 
 
 def _data_stats(args: argparse.Namespace) -> int:
-    from onepiece_jax.data.readers import read_dataset
+    """A dataset read plainly (``--dataset``, ``--path``), or as a config reads it (its funnel
+    options, event order and, for ranking, the requests made from sessions)."""
     from onepiece_jax.data.stats import dataset_stats
 
-    print(json.dumps(dataset_stats(read_dataset(args.dataset, args.path)), indent=2))
+    if (args.config is None) == (args.dataset is None):
+        raise ValueError("data stats: give --dataset and --path, or --config (with "
+                         "--config.NAME=VALUE overrides), not both")
+    if args.config is not None:
+        from onepiece_jax.config import load_config
+        from onepiece_jax.data.tfds_builder import read_log
+
+        if args.path is not None:
+            raise ValueError("data stats: with --config the data is config.dataset.path; "
+                             "write --config.dataset.path=PATH instead of --path")
+        log = read_log(load_config(args.config, args.overrides))
+    elif args.overrides or args.path is None:
+        raise ValueError("data stats: --dataset needs --path and takes no --config.NAME "
+                         "overrides (give --config FILE for those)")
+    else:
+        from onepiece_jax.data.readers import read_dataset
+
+        log = read_dataset(args.dataset, args.path)
+    print(json.dumps(dataset_stats(log), indent=2))
     return 0
 
 
@@ -92,10 +111,13 @@ def _add_data_parser(subparsers: argparse._SubParsersAction) -> None:
     data = subparsers.add_parser("data", help="read, summarise, fetch, generate and build data")
     sub = data.add_subparsers(dest="data_command", required=True)
 
-    stats = sub.add_parser("stats", help="print dataset statistics as one JSON object")
-    stats.add_argument("--dataset", required=True, choices=sorted(READERS))
-    stats.add_argument("--path", required=True, help="the file or folder the reader expects")
-    stats.set_defaults(handler=_data_stats)
+    stats = sub.add_parser("stats", help="print dataset statistics as one JSON object: of "
+                                         "--dataset at --path, or of the data as --config "
+                                         "reads it (overrides: --config.NAME=VALUE)")
+    stats.add_argument("--dataset", choices=sorted(READERS))
+    stats.add_argument("--path", help="the file or folder the reader expects")
+    stats.add_argument("--config", help="a config .py file instead")
+    stats.set_defaults(handler=_data_stats, takes_overrides=True)
 
     fetch = sub.add_parser("fetch", help="download a public dataset")
     fetch.add_argument("dataset", choices=["ml100k"])

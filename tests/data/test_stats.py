@@ -4,6 +4,7 @@ command line."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,6 +13,8 @@ from onepiece_jax import cli
 from onepiece_jax.data.events import EventLog, identity_table
 from onepiece_jax.data.readers import read_dataset
 from onepiece_jax.data.stats import dataset_stats
+
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 
 
 def _stats(name: str, path) -> dict:
@@ -128,5 +131,37 @@ def test_cli_build_passes_overrides(tmp_path, monkeypatch):
 
 def test_cli_rejects_stray_arguments(capsys):
     with pytest.raises(SystemExit) as info:
-        cli.main(["data", "stats", "--dataset", "taobao", "--path", "x", "--config.a=1"])
+        cli.main(["data", "fetch", "ml100k", "--out", "x", "--config.a=1"])
     assert info.value.code == 2
+
+
+def test_stats_of_a_config_read_the_data_as_training_does(tmp_path, capsys):
+    """A funnel, an event order or ranking requests are the config's, not the reader's
+    defaults: ``--config`` counts what training will see."""
+    inter = tmp_path / "mine.inter"
+    inter.write_text("user_id:token\titem_id:token\trating:float\ttimestamp:float\n"
+                     + "".join(f"{u}\t{i}\t{1 + (u * i) % 5}\t{u * 100 + i}\n"
+                               for u in range(1, 6) for i in range(1, 8)))
+    funnel = ["--config.dataset.level_field=rating", "--config.dataset.level_thresholds=4,5",
+              "--config.context.pa_groups=rating>=5,rating>=4,interact"]
+    assert cli.main(["data", "stats", "--config", str(CONFIGS / "atomic_onepiece.py"),
+                     f"--config.dataset.path={inter}", *funnel]) == 0
+    out = json.loads(capsys.readouterr().out)
+    ratings = [1 + (u * i) % 5 for u in range(1, 6) for i in range(1, 8)]
+    assert out["events"] == 35
+    assert out["behaviors"] == {"interact": sum(r < 4 for r in ratings),  # each event's level
+                                "rating>=4": ratings.count(4), "rating>=5": ratings.count(5)}
+    assert cli.main(["data", "stats", "--dataset", "atomic", "--path", str(inter)]) == 0
+    assert json.loads(capsys.readouterr().out)["behaviors"] == {"interact": 35}
+
+
+@pytest.mark.parametrize("argv, says", [
+    (["--dataset", "atomic"], "--dataset needs --path"),
+    (["--dataset", "atomic", "--path", "x", "--config.seed=1"], "takes no --config.NAME"),
+    (["--config", "c.py", "--path", "x"], "write --config.dataset.path=PATH"),
+    (["--config", "c.py", "--dataset", "atomic"], "not both"),
+    ([], "give --dataset and --path, or --config"),
+])
+def test_stats_names_what_is_missing_or_extra_in_its_arguments(argv, says, capsys):
+    assert cli.main(["data", "stats", *argv]) == 2
+    assert says in capsys.readouterr().err
