@@ -9,6 +9,9 @@ thousands of items; beyond that switch to sampled ones (``--config.loss.negative
     onepiece train --config configs/atomic_onepiece.py --workdir runs/mydata \
         --config.dataset.path=PATH/NAME.inter
 
+Columns named otherwise than ``user_id``, ``item_id``, ``timestamp`` (Yelp's items, say):
+``--config.dataset.item_field=business_id``, likewise ``user_field`` and ``time_field``.
+
 A funnel from a numeric column (levels ``interact`` → ``rating>=4`` → ``rating>=5``), with
 anchors per level as MovieLens' config has them::
 
@@ -29,6 +32,9 @@ from onepiece_jax.config import load_config
 def get_config():
     c = load_config(Path(__file__).with_name("ml100k_onepiece.py"))
     c.dataset.name = "atomic"
+    c.dataset.user_field = "user_id"  # the id and time columns, as RecBole's *_FIELD settings
+    c.dataset.item_field = "item_id"
+    c.dataset.time_field = "timestamp"
     c.dataset.level_field = ""  # one behaviour level; see the docstring for a funnel
     c.dataset.level_thresholds = ()
     c.dataset.level_tokens = ()

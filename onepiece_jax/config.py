@@ -26,9 +26,10 @@ class ConfigError(ValueError):
 
 
 # Keys a config file may set though base_config() leaves them out: adding them to base_config
-# would change the build key of every existing dataset build (data/context.py). The level keys
-# give the generic ``atomic`` reader a funnel (data/readers/atomic.py).
-OPTIONAL_KEYS = frozenset({"context.train_fraction", "dataset.level_field",
+# would change the build key of every existing dataset build (data/context.py). The dataset keys
+# are the generic ``atomic`` reader's column names and funnel (data/readers/atomic.py).
+OPTIONAL_KEYS = frozenset({"context.train_fraction", "dataset.user_field", "dataset.item_field",
+                           "dataset.time_field", "dataset.level_field",
                            "dataset.level_thresholds", "dataset.level_tokens"})
 
 
@@ -149,7 +150,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
     if config.mode not in ("retrieval", "ranking"):
         raise ConfigError(f"config.mode={config.mode!r}: expected 'retrieval' or 'ranking'")
     _validate_time_precision(config.dataset.time_precision)
-    _validate_levels(config.dataset)
+    _validate_atomic(config.dataset)
     model, ctx, loss = config.model, config.context, config.loss
     k = model.reasoning_steps
     if loss.strategy == "progressive" and k > 0 and k != len(config.tasks):
@@ -189,20 +190,19 @@ def validate(config: ml_collections.ConfigDict) -> None:
     _validate_model(config)
 
 
-def _validate_levels(dataset: ml_collections.ConfigDict) -> None:
-    """The atomic reader's funnel: levels from thresholds on a numeric column or named tokens."""
-    levels = {key: dataset.get(key, default) for key, default in (
-        ("level_field", ""), ("level_thresholds", ()), ("level_tokens", ()))}
-    if not any(levels.values()):
+def _validate_atomic(dataset: ml_collections.ConfigDict) -> None:
+    """The atomic reader's options: its column names and funnel (levels from thresholds on a
+    numeric column or from named tokens)."""
+    from onepiece_jax.data.readers.atomic import OPTIONS, check_options, options_of
+
+    given = {k: v for k, v in options_of(dataset).items() if v != OPTIONS[k]}
+    if not given:
         return
     if dataset.name != "atomic":
-        raise ConfigError(f"config.dataset.level_field/level_thresholds/level_tokens apply to the "
-                          f"'atomic' reader, not {dataset.name!r}")
-    from onepiece_jax.data.readers.atomic import check_levels
-
+        raise ConfigError(f"config.dataset.{'/'.join(given)} apply to the 'atomic' reader, "
+                          f"not {dataset.name!r}")
     try:
-        check_levels(levels["level_field"], tuple(levels["level_thresholds"]),
-                     tuple(levels["level_tokens"]))
+        check_options(**given)
     except ValueError as e:
         raise ConfigError(f"config.dataset.{e}") from None
 

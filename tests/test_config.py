@@ -100,6 +100,10 @@ def test_a_stored_config_gets_keys_added_since_and_names_keys_no_longer_read():
       "--config.dataset.level_thresholds=4,"], "not both"),
     (["--config.dataset.name=ml100k", "--config.dataset.level_field=rating",
       "--config.dataset.level_thresholds=4,5"], "apply to the 'atomic' reader, not 'ml100k'"),
+    (["--config.dataset.name=ml100k", "--config.dataset.item_field=business_id"],
+     "item_field apply to the 'atomic' reader"),
+    (["--config.dataset.user_field=sku", "--config.dataset.item_field=sku"],
+     "give three different column names"),
 ])
 def test_the_atomic_readers_funnel_keys_are_checked_before_anything_runs(overrides, message):
     atomic = Path(__file__).parents[1] / "configs" / "atomic_onepiece.py"

@@ -44,10 +44,10 @@ def read_log(config) -> EventLog:
             raise ValueError(f"config.dataset.time_precision={ds.time_precision!r} applies to "
                              f"ml100k (RecBole's normalised float timestamps), not {ds.name!r}")
         options["time_precision"] = ds.time_precision
-    if ds.get("level_field"):
-        options.update(level_field=ds.level_field,
-                       level_thresholds=tuple(ds.get("level_thresholds", ())),
-                       level_tokens=tuple(ds.get("level_tokens", ())))
+    if ds.name == "atomic":
+        from onepiece_jax.data.readers.atomic import options_of
+
+        options.update(options_of(ds))
     log = read_dataset(ds.name, ds.path, **options)
     if config.mode == "ranking" and log.requests is None:
         log.requests = sessions_to_requests(log, session_seconds=ds.session_seconds,

@@ -288,6 +288,36 @@ def test_atomic_malformed_files_name_file_line_and_field(tmp_path, case):
     _expect_error(lambda: read_dataset("atomic", tmp_path, **levels), path, line, field)
 
 
+def test_atomic_columns_named_otherwise_are_read_by_the_names_given(tmp_path):
+    """RecBole's USER_ID_FIELD / ITEM_ID_FIELD / TIME_FIELD: Yelp's items are ``business_id``;
+    the catalogue is keyed by the same column, and a time column named by hand must exist."""
+    _write(tmp_path / "yelp.inter", ["uid:token\tbusiness_id:token\tdate:float\tstars:float",
+                                     "u1\tb2\t20\t5", "u1\tb1\t10\t3", "u2\tb2\t15\t4"])
+    _write(tmp_path / "yelp.item", ["business_id:token\tcity:token", "b1\tParis",
+                                    "b2\tLyon"])
+    fields = dict(user_field="uid", item_field="business_id", time_field="date")
+    log = read_dataset("atomic", tmp_path, **fields, level_field="stars",
+                       level_thresholds=(4,))
+    assert log.has_timestamps and log.skipped == {}
+    events = [(log.user_ids[u], log.item_ids[i], t, b)
+              for u, i, t, b in zip(log.user, log.item, log.time, log.behavior, strict=True)]
+    assert sorted(events) == [("u1", "b1", 10, 1), ("u1", "b2", 20, 2), ("u2", "b2", 15, 2)]
+    city = log.item_features["city"]
+    assert city.values[1, 0] != city.values[2, 0] and set(log.item_features) == {"item_id",
+                                                                                   "city"}
+    without_time = read_dataset("atomic", tmp_path, user_field="uid",
+                                item_field="business_id")
+    assert not without_time.has_timestamps  # no "timestamp" column: file order
+    _expect_error(lambda: read_dataset("atomic", tmp_path, **{**fields, "time_field": "ts"}),
+                  tmp_path / "yelp.inter", 1, "ts")
+    _expect_error(lambda: read_dataset("atomic", tmp_path, user_field="uid"),
+                  tmp_path / "yelp.inter", 1, "item_id")
+    with pytest.raises(ValueError, match="give three different column names"):
+        read_dataset("atomic", tmp_path, user_field="uid", item_field="uid")
+    with pytest.raises(ValueError, match="give a column other than the ids"):
+        read_dataset("atomic", tmp_path, **fields, level_field="date", level_thresholds=(4,))
+
+
 def test_atomic_folder_must_hold_exactly_one_interaction_file(tmp_path):
     with pytest.raises(DataError, match="expected one \\*.inter file in the folder, found none"):
         read_dataset("atomic", tmp_path)

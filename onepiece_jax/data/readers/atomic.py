@@ -7,9 +7,11 @@ names each column with its type, ``name:type``, type ``token``, ``token_seq`` (s
 tokens), ``float`` or ``float_seq``.
 
 * ``NAME.inter`` (one row per interaction) needs ``user_id`` and ``item_id`` (a dataset that
-  names them otherwise, Yelp's ``business_id`` say, is renamed in the header); ``timestamp``
-  (seconds, written as a number) orders each user's events, and without it the file's order
-  does (``has_timestamps`` False; an event's time is its position in the user's sequence).
+  names them otherwise, Yelp's ``business_id`` say, sets ``item_field``, as RecBole's
+  ``ITEM_ID_FIELD``; ``user_field`` likewise); ``timestamp`` (seconds, written as a number;
+  ``time_field`` names another column, which must then be there) orders each user's events,
+  and without it the file's order does (``has_timestamps`` False; an event's time is its
+  position in the user's sequence).
   Every interaction is one behaviour, ``interact``, unless ``level_field`` names a column that
   sets a funnel. A numeric column with ``level_thresholds`` (increasing): an event's level is
   the strongest it reaches, ``interact`` → ``FIELD>=T1`` → ``FIELD>=T2`` … (MovieLens with
@@ -18,7 +20,8 @@ tokens), ``float`` or ``float_seq``.
   ``/`` (Taobao's ``("pv", "cart/fav", "buy")``); a token the list lacks is an error naming
   its line. The other columns are not read, and counted in
   ``skipped["inter_columns_not_used"]``.
-* ``NAME.item`` / ``NAME.user`` (optional; the first row per id counts, repeats are counted in
+* ``NAME.item`` / ``NAME.user`` (optional, keyed by the same id column as ``NAME.inter``; the
+  first row per id counts, repeats are counted in
   ``skipped["duplicate_item_rows"]`` / ``"duplicate_user_rows"``): every ``token`` column is a
   categorical feature of that name (an empty cell is missing), every ``token_seq`` column a
   multi-valued one holding at most ``max_seq`` tokens (longer cells keep their first ones,
@@ -38,8 +41,9 @@ text (UTF-8) in code-point order. Either way the raw ids are kept (``EventLog.it
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -52,18 +56,22 @@ MAX_SEQ = 8
 TIME = "timestamp"
 
 
-def read_atomic(path: str | Path, *, max_seq: int = MAX_SEQ, level_field: str = "",
+def read_atomic(path: str | Path, *, max_seq: int = MAX_SEQ, user_field: str = "user_id",
+                item_field: str = "item_id", time_field: str = TIME, level_field: str = "",
                 level_thresholds: Sequence[float] = (),
                 level_tokens: Sequence[str] = ()) -> EventLog:
     """Reads ``NAME.inter`` (a file, or the one ``*.inter`` of a folder) and its catalogues."""
-    funnel = _Funnel.of(level_field, level_thresholds, level_tokens)
+    funnel = check_options(user_field=user_field, item_field=item_field, time_field=time_field,
+                           level_field=level_field, level_thresholds=level_thresholds,
+                           level_tokens=level_tokens)
     inter = _inter_file(Path(path))
     skipped: dict[str, int] = {}
     columns = _typed_header(inter)
     names = list(columns)
-    read = {n: c.column_index(names, n, inter) for n in ("user_id", "item_id")}
-    if TIME in columns:
-        read[TIME] = names.index(TIME)
+    keys = {"user": user_field, "item": item_field}
+    read = {n: c.column_index(names, n, inter) for n in keys.values()}
+    if time_field in columns or time_field != TIME:  # a column named by hand must be there
+        read[time_field] = c.column_index(names, time_field, inter)
     if level_field:
         read[level_field] = c.column_index(names, level_field, inter)
     c.bump(skipped, "inter_columns_not_used", len(names) - len(read))
@@ -71,16 +79,18 @@ def read_atomic(path: str | Path, *, max_seq: int = MAX_SEQ, level_field: str = 
     for nums, table in c.iter_columns(inter, b"\t", len(names), skipped, header=True,
                                       cols=list(read.values())):
         cells = dict(zip(read, table.T, strict=True))
-        for name in ("user_id", "item_id"):
+        for name in keys.values():
             parts[name].append(_ids(cells[name], nums, inter, name))
-        if TIME in read:
-            parts[TIME].append(c.to_time(cells[TIME], nums, inter, TIME))
+        if time_field in read:
+            parts[time_field].append(c.to_time(cells[time_field], nums, inter, time_field))
         if level_field:
             parts[level_field].append(funnel.codes(cells[level_field], nums, inter))
-    user_raw, item_raw = np.concatenate(parts["user_id"]), np.concatenate(parts["item_id"])
-    time_parts = parts.get(TIME, [])
-    item_raw, item_ids, item_features = _entity("item", item_raw, inter, skipped, max_seq)
-    user_raw, user_ids, user_features = _entity("user", user_raw, inter, skipped, max_seq)
+    user_raw, item_raw = (np.concatenate(parts[keys[e]]) for e in ("user", "item"))
+    time_parts = parts.get(time_field, [])
+    item_raw, item_ids, item_features = _entity("item", item_field, item_raw, inter, skipped,
+                                                max_seq)
+    user_raw, user_ids, user_features = _entity("user", user_field, user_raw, inter, skipped,
+                                                max_seq)
     user = c.dense(user_ids, user_raw)
     if time_parts:
         time = np.concatenate(time_parts)
@@ -100,10 +110,26 @@ def read_atomic(path: str | Path, *, max_seq: int = MAX_SEQ, level_field: str = 
         raw_behavior_counts=funnel.raw_counts(codes))
 
 
-def check_levels(field: str, thresholds: Sequence[float], tokens: Sequence[str]) -> None:
-    """Refuses a funnel the reader could not use (``ValueError`` saying what to give); config
-    validation calls it, so a bad one stops before anything runs."""
-    _Funnel.of(field, thresholds, tokens)
+OPTIONS = {"user_field": "user_id", "item_field": "item_id", "time_field": TIME,
+           "level_field": "", "level_thresholds": (), "level_tokens": ()}
+
+
+def options_of(dataset: Mapping[str, Any]) -> dict[str, Any]:
+    """The reader's options a config's ``dataset`` section sets (lists as tuples)."""
+    return {key: tuple(dataset[key]) if isinstance(default, tuple) else dataset[key]
+            for key, default in OPTIONS.items() if key in dataset}
+
+
+def check_options(**options) -> _Funnel:
+    """Refuses options (``OPTIONS``, defaults for those not given) the reader could not use:
+    a ``ValueError`` saying what to give. Config validation calls it, so a bad combination stops
+    before anything runs. Returns the funnel."""
+    o = {**OPTIONS, **options}
+    fields = [o["user_field"], o["item_field"], o["time_field"]]
+    if "" in fields or len(set(fields)) != len(fields):
+        raise ValueError(f"user_field={o['user_field']!r}, item_field={o['item_field']!r}, "
+                         f"time_field={o['time_field']!r}: give three different column names")
+    return _Funnel.of(o["level_field"], o["level_thresholds"], o["level_tokens"], fields)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -117,14 +143,14 @@ class _Funnel:
     behaviors: tuple[str, ...]
 
     @classmethod
-    def of(cls, field: str, thresholds: Sequence[float], tokens: Sequence[str]) -> _Funnel:
+    def of(cls, field: str, thresholds: Sequence[float], tokens: Sequence[str],
+           reserved: Sequence[str]) -> _Funnel:
         numeric = all(isinstance(t, int | float) and not isinstance(t, bool) and np.isfinite(t)
                       for t in thresholds)
         groups = [str(level).split("/") for level in tokens]
         flat = [t for g in groups for t in g]
         problem = (
-            "a column other than the ids and the timestamp" if field in ("user_id", "item_id",
-                                                                         TIME)
+            "a column other than the ids and the timestamp" if field in reserved
             else "thresholds or tokens, not both" if thresholds and flat
             else "thresholds or tokens with it" if field and not (thresholds or flat)
             else "a field with them" if not field and (thresholds or flat)
@@ -222,17 +248,18 @@ class _Catalogue:
     seqs: dict[str, tuple[np.ndarray, np.ndarray]]  # token_seq column: (lengths[n], flat S)
 
 
-def _catalogue(path: Path, entity: str, skipped: dict[str, int]) -> _Catalogue | None:
+def _catalogue(path: Path, entity: str, field: str, skipped: dict[str, int]
+               ) -> _Catalogue | None:
     if not path.exists():
         return None
     c.require_file(path, f"RecBole atomic {entity} file")
     columns = _typed_header(path)
     names = list(columns)
-    key = c.column_index(names, f"{entity}_id", path)
+    key = c.column_index(names, field, path)
     used = [k for k, n in enumerate(names) if k != key and columns[n] in ("token", "token_seq")]
     c.bump(skipped, f"{entity}_columns_not_used", len(names) - 1 - len(used))
     nums, table = c.read_columns(path, b"\t", len(names), skipped, header=True)
-    ids = _ids(table[:, key], nums, path, f"{entity}_id")
+    ids = _ids(table[:, key], nums, path, field)
     keep = c.first_rows(ids, skipped, f"duplicate_{entity}_rows")
     nums, table, ids = nums[keep], table[keep], ids[keep]
     tokens, seqs = {}, {}
@@ -249,11 +276,12 @@ def _catalogue(path: Path, entity: str, skipped: dict[str, int]) -> _Catalogue |
     return _Catalogue(ids, tokens, seqs)
 
 
-def _entity(entity: str, raw: np.ndarray, inter: Path, skipped: dict[str, int], max_seq: int
-            ) -> tuple[np.ndarray, np.ndarray, dict[str, FeatureTable]]:
+def _entity(entity: str, field: str, raw: np.ndarray, inter: Path, skipped: dict[str, int],
+            max_seq: int) -> tuple[np.ndarray, np.ndarray, dict[str, FeatureTable]]:
     """The log's ids and the sorted id universe (numbers when every id is a plain integer),
-    and the entity's feature tables from its catalogue beside ``inter``, if there is one."""
-    cat = _catalogue(inter.with_suffix(f".{entity}"), entity, skipped)
+    and the entity's feature tables from its catalogue beside ``inter``, if there is one (its
+    id column named ``field``; the feature is ``ENTITY_id`` whatever the column's name)."""
+    cat = _catalogue(inter.with_suffix(f".{entity}"), entity, field, skipped)
     known = raw if cat is None else np.concatenate([raw, cat.ids])
     as_int = _plain_ints(known)
     if as_int is not None:
