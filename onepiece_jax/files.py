@@ -14,6 +14,7 @@ hash, as it runs without this package).
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import hashlib
 import json
@@ -21,6 +22,7 @@ import os
 import socket
 import threading
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -89,6 +91,11 @@ def read_json(path: str | Path, what: str = "file") -> Any:
                          "edited: restore it, or move its folder away") from e
 
 
+# flock's errors on file systems without locks (some network and FUSE mounts): going on unlocked
+# with a warning beats refusing to train there.
+NO_LOCKS = frozenset({errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS})
+
+
 class LockHeld(RuntimeError):
     """Another process holds a lock that ``hold_lock`` was told not to wait for."""
 
@@ -103,18 +110,27 @@ def hold_lock(path: str | Path, *, wait: bool = False,
     """Holds an exclusive ``flock`` on ``path`` (created if missing) for the block, and writes
     who holds it (pid, host, since when) into the file. Held by another process: waits with
     ``wait``, else raises ``busy(holder)`` (default ``LockHeld``). The kernel drops the lock when
-    its holder exits, even killed, so it never goes stale."""
+    its holder exits, even killed, so it never goes stale. Where the file system has no locks
+    it warns and goes on unlocked."""
     path = Path(path)
     with path.open("a+") as f:
+        locked = True
         try:
             fcntl.flock(f, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
         except BlockingIOError:
             holder = _holder(f)
             raise (busy or (lambda h: LockHeld(path, h)))(holder) from None
-        f.truncate(0)
-        f.write(f"pid {os.getpid()} on {socket.gethostname()} since "
-                f"{time.strftime('%Y-%m-%d %H:%M:%S')}")
-        f.flush()
+        except OSError as e:
+            if e.errno not in NO_LOCKS:
+                raise
+            warnings.warn(f"{path}: this file system does not lock files ({e.strerror}), so "
+                          "another process using the same folder is not detected", stacklevel=3)
+            locked = False
+        if locked:
+            f.truncate(0)
+            f.write(f"pid {os.getpid()} on {socket.gethostname()} since "
+                    f"{time.strftime('%Y-%m-%d %H:%M:%S')}")
+            f.flush()
         yield
 
 
@@ -130,6 +146,9 @@ def lock_holder(path: str | Path) -> str | None:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             return _holder(f)
+        except OSError as e:
+            if e.errno not in NO_LOCKS:
+                raise
         return None
 
 

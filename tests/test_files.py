@@ -1,6 +1,7 @@
 """Atomic writes and JSON reads of the files whose presence marks a finished step, and the locks
 that keep two processes out of one folder."""
 
+import errno
 import hashlib
 import json
 import os
@@ -95,3 +96,23 @@ def test_a_waiting_lock_is_entered_once_its_holder_exits(tmp_path, lock_holder):
     start = time.monotonic()
     with files.hold_lock(path, wait=True):
         assert holder.wait(timeout=5) is not None and time.monotonic() - start >= 0.4
+
+
+def test_a_file_system_without_locks_warns_and_goes_on_unlocked(tmp_path, monkeypatch):
+    def no_locks(f, how):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(files.fcntl, "flock", no_locks)
+    entered = False
+    with pytest.warns(UserWarning, match="does not lock files .No locks available"):
+        with files.hold_lock(tmp_path / ".lock"):
+            entered = True
+    assert entered and files.lock_holder(tmp_path / ".lock") is None
+
+    def broken(f, how):
+        raise OSError(errno.EBADF, "Bad file descriptor")
+
+    monkeypatch.setattr(files.fcntl, "flock", broken)
+    with pytest.raises(OSError, match="Bad file descriptor"):
+        with files.hold_lock(tmp_path / ".lock"):
+            raise AssertionError("entered after an unexpected lock error")
