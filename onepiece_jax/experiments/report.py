@@ -256,8 +256,9 @@ def _group_section(suite: Suite, key: tuple[str, str], variants: list[Variant],
             labels = protocols.setdefault(r.result["protocol"], [])
             if r.variant.label not in labels:
                 labels.append(r.variant.label)
-    for protocol, labels in protocols.items():
-        lines.append(f"- protocol ({', '.join(labels)}): `{protocol}`")
+    for protocol, labels in protocols.items():  # labels may hold commas: "SASRec, 10% of users"
+        rows_named = "every row" if len(protocols) == 1 else "; ".join(labels)
+        lines.append(f"- protocol ({rows_named}): `{protocol}`")
     among = (" among the models (reference rows are not)" if any(v.reference for v in variants)
              else "")
     lines += ["- cells: mean ± sample std over seeds (test split, best-validation checkpoint); "

@@ -77,7 +77,8 @@ def test_report_has_tables_findings_protocol_commands_and_plots(tmp_path):
     assert "| Model A | 0.0550 ± 0.0071 | 0.1100 ± 0.0141 | 0.1100 ± 0.0141 | 2 |" in text
     assert "| Model B | **0.1100 ± 0.0100** | **0.2200 ± 0.0200** | **0.2200 ± 0.0200** | 3 |" \
         in text
-    assert f"`{PROTOCOL}`" in text and "`onepiece experiment --suite demo`" in text
+    assert f"- protocol (every row): `{PROTOCOL}`" in text
+    assert "`onepiece experiment --suite demo`" in text
     assert "| B > A | 0.1 → 0.2 | gain | NDCG@10 | +0.1000 ± 0.0000 |" in text
     assert "onepiece train --config configs/x.py --config.seed=2" in text
     for name in ("synthetic_retrieval.png", "synthetic_retrieval_curve.png"):
@@ -85,6 +86,18 @@ def test_report_has_tables_findings_protocol_commands_and_plots(tmp_path):
         assert png.stat().st_size > 5000 and png.read_bytes()[:4] == b"\x89PNG"
     assert summary["variants"]["b"]["NDCG@10"]["n"] == 3
     assert summary["findings"][0]["verdict"] == "reproduced"
+
+
+def test_rows_on_other_protocols_are_named_apart_even_when_labels_hold_commas(tmp_path):
+    variants = (Variant("a", "SASRec, 10% of users", "synthetic", "x.py"),
+                Variant("b", "HSTU, 10% of users", "synthetic", "x.py"),
+                Variant("c", "OnePiece, 10% of users", "synthetic", "x.py"))
+    records = [_record(v, 0, 0.1, tmp_path) for v in variants]
+    records[2].result["protocol"] = "other protocol"
+    text, _ = render_report(Suite("demo", "Demo suite", "Table 9", variants), records,
+                            budget="small", seeds=1, command="c", out_dir=tmp_path)
+    assert (f"- protocol (SASRec, 10% of users; HSTU, 10% of users): `{PROTOCOL}`" in text)
+    assert "- protocol (OnePiece, 10% of users): `other protocol`" in text
 
 
 def test_a_reference_row_is_tabled_and_drawn_but_never_the_best(tmp_path, monkeypatch):
