@@ -36,6 +36,7 @@ class RunRecord:
     record: dict
     status: str = "done"  # runner.run_status: only a "done" run's result counts
     data_id: str | None = None  # runner.data_identity of the run's data
+    holder: str | None = None  # runner.run_holder: who is running it now, if anyone
 
     @property
     def done(self) -> bool:
@@ -66,7 +67,7 @@ def load_records(runs: Sequence) -> list[RunRecord]:
     """``runner.Run``s → records, reading ``results.json`` / ``history.json`` where present; a
     run made with another config or on other data (or whose data is missing, so that it cannot
     be checked) is listed but not counted."""
-    from onepiece_jax.experiments.runner import run_status
+    from onepiece_jax.experiments.runner import run_holder, run_status
 
     out = []
     for run in runs:
@@ -79,7 +80,7 @@ def load_records(runs: Sequence) -> list[RunRecord]:
             result=read_json(results, "results") if results.is_file() else None,
             history=read_json(history, "history") if history.is_file() else [],
             record=read_json(record, "run record") if record.is_file() else {},
-            status=run_status(run), data_id=run.data_id))
+            status=run_status(run), data_id=run.data_id, holder=run_holder(run)))
     return out
 
 
@@ -306,6 +307,15 @@ _NOT_COUNTED = {"stale": "stale: made with another config or data, not counted",
                 "unchecked": "unchecked: its data is missing, not counted"}
 
 
+def _live_status(r: RunRecord) -> str:
+    """The record's status, told apart by the run's lock: a run recorded as running that
+    nobody holds was killed (it resumes when the suite runs again)."""
+    if r.holder is not None:
+        return f"running: {r.holder}"
+    status = r.record.get("status", "not started")
+    return "interrupted: resumes when the suite runs again" if status == "running" else status
+
+
 def _runs_section(records: Sequence[RunRecord]) -> list[str]:
     rows, commands = [], []
     for r in records:
@@ -313,7 +323,7 @@ def _runs_section(records: Sequence[RunRecord]) -> list[str]:
         best = (max(r.history, key=lambda h: h["value"])["epoch"] if r.history else "–")
         step = r.result.get("checkpoint", {}).get("step", "–") if r.done else "–"
         seconds = r.record.get("seconds")
-        status = _NOT_COUNTED.get(r.status, r.record.get("status", "not started"))
+        status = _NOT_COUNTED.get(r.status) or _live_status(r)
         rows.append([r.variant.name, str(r.seed), status,
                      str(epochs), str(best), str(step),
                      f"{seconds:.0f}" if isinstance(seconds, int | float) else "–", r.digest])

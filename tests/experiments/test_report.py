@@ -1,6 +1,7 @@
 """The report: mean ± std tables per dataset, findings paired by seed with sign-consistency
 verdicts, protocols and commands, incomplete suites flagged, legible plots."""
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -86,6 +87,17 @@ def test_report_has_tables_findings_protocol_commands_and_plots(tmp_path):
         assert png.stat().st_size > 5000 and png.read_bytes()[:4] == b"\x89PNG"
     assert summary["variants"]["b"]["NDCG@10"]["n"] == 3
     assert summary["findings"][0]["verdict"] == "reproduced"
+
+
+def test_the_runs_table_tells_a_running_run_from_one_that_was_killed(tmp_path):
+    """Both are recorded as running; the run's lock says which is live and where."""
+    records = _records(tmp_path, [0.1, None], [0.2, None])
+    records[3] = dataclasses.replace(records[3], holder="pid 7 on node-2 since 2026-12-07")
+    text, _ = render_report(Suite("demo", "Demo suite", "Table 9", VARIANTS), records,
+                            budget="small", seeds=2, command="c", out_dir=tmp_path)
+    assert "| a | 1 | interrupted: resumes when the suite runs again |" in text
+    assert "| b | 1 | running: pid 7 on node-2 since 2026-12-07 |" in text
+    assert "| b | 0 | done |" in text
 
 
 def test_rows_on_other_protocols_are_named_apart_even_when_labels_hold_commas(tmp_path):
