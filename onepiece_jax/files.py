@@ -113,7 +113,7 @@ def hold_lock(path: str | Path, *, wait: bool = False,
     its holder exits, even killed, so it never goes stale. Where the file system has no locks
     it warns and goes on unlocked."""
     path = Path(path)
-    with path.open("a+") as f:
+    with _own_lock_file(path) as f:
         locked = True
         try:
             fcntl.flock(f, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
@@ -126,12 +126,39 @@ def hold_lock(path: str | Path, *, wait: bool = False,
             warnings.warn(f"{path}: this file system does not lock files ({e.strerror}), so "
                           "another process using the same folder is not detected", stacklevel=3)
             locked = False
+        if locked and _inode(path) != os.fstat(f.fileno()).st_ino:
+            f.close()  # replaced since it was opened (see _own_lock_file): lock the new one
+            with hold_lock(path, wait=wait, busy=busy):
+                yield
+            return
         if locked:
             f.truncate(0)
             f.write(f"pid {os.getpid()} on {socket.gethostname()} since "
                     f"{time.strftime('%Y-%m-%d %H:%M:%S')}")
             f.flush()
         yield
+
+
+@contextlib.contextmanager
+def _own_lock_file(path: Path) -> Iterator[Any]:
+    """``path`` opened for locking. A lock file a hard-linked copy of its folder (``cp -al``)
+    shares with the original would lock both folders at once, so it is first replaced by this
+    folder's own (a process that opened the shared one meanwhile sees the swap after locking
+    and locks again)."""
+    f = path.open("a+")
+    if os.fstat(f.fileno()).st_nlink > 1:
+        f.close()
+        write_atomic(path, "")
+        f = path.open("a+")
+    with f:
+        yield f
+
+
+def _inode(path: Path) -> int | None:
+    try:
+        return path.stat().st_ino
+    except FileNotFoundError:
+        return None
 
 
 def lock_holder(path: str | Path) -> str | None:
@@ -142,6 +169,8 @@ def lock_holder(path: str | Path) -> str | None:
     except FileNotFoundError:
         return None
     with f:
+        if os.fstat(f.fileno()).st_nlink > 1:  # a copy's, not yet locked in this folder
+            return None
         try:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

@@ -116,3 +116,38 @@ def test_a_file_system_without_locks_warns_and_goes_on_unlocked(tmp_path, monkey
     with pytest.raises(OSError, match="Bad file descriptor"):
         with files.hold_lock(tmp_path / ".lock"):
             raise AssertionError("entered after an unexpected lock error")
+
+
+def test_a_hard_linked_copys_lock_file_is_its_own(tmp_path, lock_holder):
+    """``cp -al`` links the lock files too: the copy must not wait for the original's holder,
+    nor write into the original's file."""
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    original, copy = tmp_path / "a" / ".lock", tmp_path / "b" / ".lock"
+    holder = lock_holder(original)
+    os.link(original, copy)
+    before = original.read_text()
+    assert files.lock_holder(copy) is None
+    with files.hold_lock(copy):
+        assert copy.read_text().startswith(f"pid {os.getpid()} on ")
+        assert files.lock_holder(original).startswith(f"pid {holder.pid} on ")
+    assert original.read_text() == before and original.stat().st_nlink == 1
+
+
+def test_a_lock_file_replaced_while_being_locked_is_locked_again(tmp_path, monkeypatch):
+    """Another process may swap the file (a copy making its own) between open and lock: the
+    lock must end on the file now at the path, or two processes would each hold one."""
+    path = tmp_path / ".lock"
+    real, calls = files.fcntl.flock, []
+
+    def swapped_first(f, how):
+        if not calls:
+            files.write_atomic(path, "")
+        calls.append(how)
+        return real(f, how)
+
+    monkeypatch.setattr(files.fcntl, "flock", swapped_first)
+    with files.hold_lock(path):
+        monkeypatch.setattr(files.fcntl, "flock", real)
+        assert files.lock_holder(path).startswith(f"pid {os.getpid()} on ")
+    assert len(calls) == 2
