@@ -519,7 +519,7 @@ class _Elsewhere:
     lock is free again (finished there: cached here; stopped there: resumed here)."""
 
     def __init__(self, runs: list[Run]):
-        self.runs, self.held, self.checked = runs, [], 0.0
+        self.runs, self.held, self.checked, self.announced = runs, [], 0.0, []
 
     def __bool__(self) -> bool:
         return bool(self.held)
@@ -529,8 +529,15 @@ class _Elsewhere:
               "the end, to take it up if that one stops or to wait for it", flush=True)
         self.held.append(i)
 
-    def freed(self, *, wait: bool) -> list[int]:
-        """The held runs whose lock is free now; with ``wait``, blocks until there is one."""
+    def freed(self, *, wait: bool, idle: bool = True) -> list[int]:
+        """The held runs whose lock is free now; with ``wait``, blocks until there is one.
+        ``idle``: this invocation has nothing else to do, so it says what it waits for."""
+        if idle and self.held and self.held != self.announced:
+            names = ", ".join(f"{self.runs[i - 1].variant.name} seed {self.runs[i - 1].seed}"
+                              for i in self.held)
+            print(f"waiting for {len(self.held)} run(s) another invocation is running: {names}",
+                  flush=True)
+            self.announced = list(self.held)
         while self.held:
             if time.monotonic() - self.checked >= POLL_SECONDS:
                 self.checked = time.monotonic()
@@ -571,7 +578,7 @@ def run_in_processes(runs: list[Run], *, jobs: int, attention: bool, data_dir: P
     failure = None
     try:
         while running or ((waiting or elsewhere) and not stopping):
-            waiting += elsewhere.freed(wait=False) if not waiting else []
+            waiting += elsewhere.freed(wait=False, idle=not running) if not waiting else []
             while waiting and not stopping:  # cached runs need no process: not held up
                 i = waiting[0]
                 status, holder = run_status(runs[i - 1]), run_holder(runs[i - 1])

@@ -348,7 +348,9 @@ def test_a_single_process_suite_runs_the_rest_first_and_then_resumes_a_run_freed
                      data_dir=tmp_path / "data", reports=tmp_path / "reports").read_text()
     assert scored == [1, 0]
     assert "runs finished: 2 of 2" in text
-    assert f"seed 0 is being run by pid {holder.pid} on " in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert f"seed 0 is being run by pid {holder.pid} on " in out
+    assert out.count("waiting for 1 run(s) another invocation is running: pop.week seed 0") == 1
 
 
 def test_run_processes_share_accelerator_memory_unless_the_environment_says(tmp_path,
