@@ -605,7 +605,7 @@ def run_in_processes(runs: list[Run], *, jobs: int, attention: bool, data_dir: P
                 i, log, began = running.pop(proc)
                 saved = stopping and proc.returncode in (EXIT_PREEMPTED, -signal.SIGTERM,
                                                          -signal.SIGINT)
-                if proc.returncode == EXIT_TAKEN and not stopping:
+                if proc.returncode == EXIT_TAKEN:
                     elsewhere.add(i, f"{_heading(i, runs)}: taken by another invocation first")
                 elif proc.returncode == 0 or saved:
                     print(f"[{i}/{len(runs)}] {runs[i - 1].variant.name} seed "
