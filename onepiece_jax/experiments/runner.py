@@ -565,9 +565,22 @@ def run_in_processes(runs: list[Run], *, jobs: int, attention: bool, data_dir: P
     and the same command resumes the suite. Runs another invocation holds are left to it and
     come back at the end (``_Elsewhere``).
     """
-    waiting, elsewhere = list(range(1, len(runs) + 1)), _Elsewhere(runs)
+    waiting, elsewhere = [], _Elsewhere(runs)
     running: dict[subprocess.Popen, tuple[int, Path, float]] = {}
     stopping: list[str] = []  # non-empty: no new run starts (the signals received or sent)
+
+    def cached(i: int) -> bool:
+        """Says so when run ``i`` is done (in this process: no new one needed for it)."""
+        if run_status(runs[i - 1]) != "done":
+            return False
+        try:
+            print(f"{_heading(i, runs)}: {execute(runs[i - 1], attention=attention)}",
+                  flush=True)
+        except RunTaken as e:
+            elsewhere.add(i, str(e))
+        return True
+
+    waiting = [i for i in range(1, len(runs) + 1) if not cached(i)]
 
     def stop(signum, frame):
         stopping.append(signal.Signals(signum).name)
@@ -579,21 +592,13 @@ def run_in_processes(runs: list[Run], *, jobs: int, attention: bool, data_dir: P
     try:
         while running or ((waiting or elsewhere) and not stopping):
             waiting += elsewhere.freed(wait=False, idle=not running) if not waiting else []
-            while waiting and not stopping:  # cached runs need no process: not held up
-                i = waiting[0]
+            while waiting and len(running) < jobs and not stopping:
+                i = waiting.pop(0)
                 status, holder = run_status(runs[i - 1]), run_holder(runs[i - 1])
-                if holder is None and status != "done" and len(running) >= jobs:
-                    break
-                waiting.pop(0)
                 if holder is not None:
                     elsewhere.add(i, f"{_heading(i, runs)}: being run by {holder}")
                     continue
-                if status == "done":
-                    try:
-                        print(f"{_heading(i, runs)}: {execute(runs[i - 1], attention=attention)}",
-                              flush=True)
-                    except RunTaken as e:
-                        elsewhere.add(i, str(e))
+                if cached(i):  # finished meanwhile by another invocation
                     continue
                 proc, log = _start_process(runs[i - 1], attention=attention, data_dir=data_dir,
                                            jobs=jobs)
