@@ -86,7 +86,12 @@ class SuitePreempted(RuntimeError):
 
 
 class RunTaken(RuntimeError):
-    """Another process (another ``onepiece experiment`` on the same ``--out``) runs this run."""
+    """Another process (another ``onepiece experiment`` on the same ``--out``) runs this run;
+    ``holder`` says which (pid, host, since when)."""
+
+    def __init__(self, message: str, holder: str):
+        super().__init__(message)
+        self.holder = holder
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -358,7 +363,7 @@ def execute(run: Run, *, attention: bool = False) -> str:
     lock.parent.mkdir(parents=True, exist_ok=True)
     with hold_lock(lock, busy=lambda holder: RunTaken(
             f"suite {run.suite!r}, variant {run.variant.name!r}, seed {run.seed} is being run "
-            f"by {holder}")):
+            f"by {holder}", holder)):
         return _execute(run, attention=attention)
 
 
@@ -495,7 +500,7 @@ def run_suite(name: str, *, seeds: int | None = None, budget: str = "small",
             try:
                 did = execute(run, attention=suite.attention)
             except RunTaken as e:
-                elsewhere.add(i, str(e))
+                elsewhere.add(i, e.holder)
                 continue
             print(f"[{i}/{len(todo)}] {did}", flush=True)
     elif todo:
@@ -524,9 +529,10 @@ class _Elsewhere:
     def __bool__(self) -> bool:
         return bool(self.held)
 
-    def add(self, i: int, why: str) -> None:
-        print(f"[{i}/{len(self.runs)}] {why}: left to it; this invocation comes back to it at "
-              "the end, to take it up if that one stops or to wait for it", flush=True)
+    def add(self, i: int, holder: str) -> None:
+        print(f"{_heading(i, self.runs)}: being run by {holder}: left to it; this invocation "
+              "comes back to it at the end, to take it up if that one stops or to wait for it",
+              flush=True)
         self.held.append(i)
 
     def freed(self, *, wait: bool, idle: bool = True) -> list[int]:
@@ -577,7 +583,7 @@ def run_in_processes(runs: list[Run], *, jobs: int, attention: bool, data_dir: P
             print(f"{_heading(i, runs)}: {execute(runs[i - 1], attention=attention)}",
                   flush=True)
         except RunTaken as e:
-            elsewhere.add(i, str(e))
+            elsewhere.add(i, e.holder)
         return True
 
     waiting = [i for i in range(1, len(runs) + 1) if not cached(i)]
@@ -596,7 +602,7 @@ def run_in_processes(runs: list[Run], *, jobs: int, attention: bool, data_dir: P
                 i = waiting.pop(0)
                 status, holder = run_status(runs[i - 1]), run_holder(runs[i - 1])
                 if holder is not None:
-                    elsewhere.add(i, f"{_heading(i, runs)}: being run by {holder}")
+                    elsewhere.add(i, holder)
                     continue
                 if cached(i):  # finished meanwhile by another invocation
                     continue
@@ -611,7 +617,7 @@ def run_in_processes(runs: list[Run], *, jobs: int, attention: bool, data_dir: P
                 saved = stopping and proc.returncode in (EXIT_PREEMPTED, -signal.SIGTERM,
                                                          -signal.SIGINT)
                 if proc.returncode == EXIT_TAKEN:
-                    elsewhere.add(i, f"{_heading(i, runs)}: taken by another invocation first")
+                    elsewhere.add(i, "another invocation, which took it first")
                 elif proc.returncode == 0 or saved:
                     print(f"[{i}/{len(runs)}] {runs[i - 1].variant.name} seed "
                           f"{runs[i - 1].seed}: {'stopped and saved' if saved else 'done'}, "

@@ -349,7 +349,7 @@ def test_a_single_process_suite_runs_the_rest_first_and_then_resumes_a_run_freed
     assert scored == [1, 0]
     assert "runs finished: 2 of 2" in text
     out = capsys.readouterr().out
-    assert f"seed 0 is being run by pid {holder.pid} on " in out
+    assert f"pop/pop.week seed 0 (Popularity): being run by pid {holder.pid} on " in out
     assert out.count("waiting for 1 run(s) another invocation is running: pop.week seed 0") == 1
 
 
