@@ -245,8 +245,9 @@ def _experiment(args: argparse.Namespace) -> int:
 def _add_experiment_parser(subparsers: argparse._SubParsersAction) -> None:
     """``onepiece experiment``: a paper table's suite of configs × seeds, then its report."""
     ex = subparsers.add_parser(
-        "experiment", help="train and evaluate a suite of configs x seeds (resumable, cached), "
-                           "then write reports/NAME/report.md with plots")
+        "experiment", help="train and evaluate a suite of configs x seeds (resumable, cached; "
+                           "several invocations on one --out share its runs), then write "
+                           "reports/NAME/report.md with plots")
     ex.add_argument("--suite", help="suite name (see --list)")
     ex.add_argument("--seeds", type=int, default=None,
                     help="seeds 0..N-1 (default: 1 for --budget small, 3 for medium and full)")
