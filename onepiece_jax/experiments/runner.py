@@ -493,7 +493,7 @@ def run_suite(name: str, *, seeds: int | None = None, budget: str = "small",
     if jobs == 1:
         waiting, elsewhere = list(range(1, len(todo) + 1)), _Elsewhere(todo)
         while waiting or elsewhere:
-            waiting += elsewhere.freed(wait=not waiting)
+            waiting += elsewhere.freed(wait=not waiting, idle=not waiting)
             i = waiting.pop(0)
             run = todo[i - 1]
             print(f"{_heading(i, todo)}: {run_status(run)} → {run.workdir}", flush=True)
