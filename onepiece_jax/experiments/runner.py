@@ -190,21 +190,32 @@ def ensure_data(key: str, budget: str, *, data_dir: Path, out: Path) -> Path:
     path = data_location(key, budget, data_dir=data_dir, out=out)
     if dataset.synthetic:
         if not is_world(path):
-            users, items = get_budget(budget).synthetic[dataset.size]
-            scratch = path.with_name(path.name + ".partial")
-            shutil.rmtree(scratch, ignore_errors=True)
-            generate_synthetic(scratch, num_users=users, num_items=items, seed=SYNTHETIC_SEED,
-                               config=SynthConfig(**dict(dataset.synth)))
-            shutil.rmtree(path, ignore_errors=True)
-            scratch.rename(path)
+            with _making(path):
+                if not is_world(path):  # made by another invocation while this one waited
+                    users, items = get_budget(budget).synthetic[dataset.size]
+                    scratch = path.with_name(path.name + ".partial")
+                    shutil.rmtree(scratch, ignore_errors=True)
+                    generate_synthetic(scratch, num_users=users, num_items=items,
+                                       seed=SYNTHETIC_SEED,
+                                       config=SynthConfig(**dict(dataset.synth)))
+                    shutil.rmtree(path, ignore_errors=True)
+                    scratch.rename(path)
         return path
     if path.exists():
         return path
     if dataset.fetch:
-        return FETCHERS[dataset.fetch](path)
+        with _making(path):
+            return path if path.exists() else FETCHERS[dataset.fetch](path)
     raise FileNotFoundError(f"dataset {key!r} ({dataset.title}) not found at {path}: get it from "
                             f"{dataset.source} and point --data-dir at the folder holding "
                             f"{dataset.path}")
+
+
+def _making(path: Path):
+    """The lock under which ``path`` is generated or fetched: invocations sharing an ``--out``
+    (or a ``--data-dir``) that start together make it once, the others wait for it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return hold_lock(path.with_name(f".{path.name}.lock"), wait=True)
 
 
 # --------------------------------------------------------------------------- runs
@@ -505,8 +516,10 @@ def run_suite(name: str, *, seeds: int | None = None, budget: str = "small",
             print(f"[{i}/{len(todo)}] {did}", flush=True)
     elif todo:
         run_in_processes(todo, jobs=jobs, attention=suite.attention, data_dir=data_dir)
-    path = write_report(suite, runs, budget=budget, seeds=seeds, command=command,
-                        out_dir=Path(reports) / name)
+    (out / name / "_locks").mkdir(parents=True, exist_ok=True)
+    with hold_lock(out / name / "_locks" / "report.lock", wait=True):  # tasks finish together
+        path = write_report(suite, runs, budget=budget, seeds=seeds, command=command,
+                            out_dir=Path(reports) / name)
     print(f"{name}: {len(todo)} of {len(runs)} runs, {time.perf_counter() - start:.0f} s; "
           f"report {path}",
           flush=True)

@@ -78,6 +78,31 @@ def test_synthetic_worlds_are_generated_once_per_world_and_size(tmp_path):
     assert ensure_data("synthetic", "tiny", data_dir=tmp_path, out=tmp_path) != path
 
 
+def test_invocations_starting_together_generate_a_synthetic_world_once(tmp_path, monkeypatch):
+    """Array tasks on one --out start at once: one generates, the others wait and reuse it
+    (before, each wrote into the same scratch folder and removed the others')."""
+    from onepiece_jax.data.readers import synthetic
+    from onepiece_jax.data.readers.jdsearch import is_world
+
+    real, calls = synthetic.generate_synthetic, []
+
+    def slow(*args, **kwargs):
+        calls.append(args)
+        time.sleep(0.5)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(synthetic, "generate_synthetic", slow)
+    paths: list[Path] = []
+    threads = [threading.Thread(target=lambda: paths.append(
+        ensure_data("synthetic", "tiny", data_dir=tmp_path, out=tmp_path / "out")))
+        for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(calls) == 1 and len(set(paths)) == 1 and is_world(paths[0])
+
+
 def test_runs_share_a_build_when_their_data_and_context_agree(tmp_path):
     runs = plan_runs(get_suite("ranking_strategy"), seeds=2, budget="tiny", out=tmp_path,
                      data_dir=tmp_path, prepare=False)
