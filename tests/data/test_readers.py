@@ -295,16 +295,18 @@ def test_atomic_columns_named_otherwise_are_read_by_the_names_given(tmp_path):
                                      "u1\tb2\t20\t5", "u1\tb1\t10\t3", "u2\tb2\t15\t4"])
     _write(tmp_path / "yelp.item", ["business_id:token\tcity:token", "b1\tParis",
                                     "b2\tLyon"])
+    _write(tmp_path / "yelp.user", ["uid:token\telite:token", "u2\tyes"])
     fields = dict(user_field="uid", item_field="business_id", time_field="date")
     log = read_dataset("atomic", tmp_path, **fields, level_field="stars",
                        level_thresholds=(4,))
-    assert log.has_timestamps and log.skipped == {}
+    assert log.has_timestamps and log.skipped == {"users_without_meta": 1}
     events = [(log.user_ids[u], log.item_ids[i], t, b)
               for u, i, t, b in zip(log.user, log.item, log.time, log.behavior, strict=True)]
     assert sorted(events) == [("u1", "b1", 10, 1), ("u1", "b2", 20, 2), ("u2", "b2", 15, 2)]
     city = log.item_features["city"]
     assert city.values[1, 0] != city.values[2, 0] and set(log.item_features) == {"item_id",
                                                                                    "city"}
+    assert log.user_features["elite"].values[:, 0].tolist() == [0, 0, 1]  # u1 has no row
     without_time = read_dataset("atomic", tmp_path, user_field="uid",
                                 item_field="business_id")
     assert not without_time.has_timestamps  # no "timestamp" column: file order
