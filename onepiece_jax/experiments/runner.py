@@ -584,7 +584,7 @@ def run_in_processes(runs: list[Run], *, jobs: int, attention: bool, data_dir: P
     and the same command resumes the suite. Runs another invocation holds are left to it and
     come back at the end (``_Elsewhere``).
     """
-    waiting, elsewhere = [], _Elsewhere(runs)
+    elsewhere = _Elsewhere(runs)
     running: dict[subprocess.Popen, tuple[int, Path, float]] = {}
     stopping: list[str] = []  # non-empty: no new run starts (the signals received or sent)
 
