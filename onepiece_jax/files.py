@@ -107,36 +107,45 @@ class LockHeld(RuntimeError):
 @contextlib.contextmanager
 def hold_lock(path: str | Path, *, wait: bool = False,
               busy: Callable[[str], Exception] | None = None) -> Iterator[None]:
-    """Holds an exclusive ``flock`` on ``path`` (created if missing) for the block, and writes
-    who holds it (pid, host, since when) into the file. Held by another process: waits with
-    ``wait``, else raises ``busy(holder)`` (default ``LockHeld``). The kernel drops the lock when
-    its holder exits, even killed, so it never goes stale. Where the file system has no locks
-    it warns and goes on unlocked."""
+    """Holds an exclusive ``flock`` on ``path`` (created if missing, with its folder) for the
+    block, and writes who holds it (pid, host, since when) into the file. Held by another
+    process: waits with ``wait``, else raises ``busy(holder)`` (default ``LockHeld``). The
+    kernel drops the lock when its holder exits, even killed, so it never goes stale. Where the
+    file system has no locks it warns and goes on unlocked."""
     path = Path(path)
-    with _own_lock_file(path) as f:
-        locked = True
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
-        except BlockingIOError:
-            holder = _holder(f)
-            raise (busy or (lambda h: LockHeld(path, h)))(holder) from None
-        except OSError as e:
-            if e.errno not in NO_LOCKS:
-                raise
-            warnings.warn(f"{path}: this file system does not lock files ({e.strerror}), so "
-                          "another process using the same folder is not detected", stacklevel=3)
-            locked = False
-        if locked and _inode(path) != os.fstat(f.fileno()).st_ino:
-            f.close()  # replaced since it was opened (see _own_lock_file): lock the new one
-            with hold_lock(path, wait=wait, busy=busy):
-                yield
+    path.parent.mkdir(parents=True, exist_ok=True)
+    while True:
+        with _own_lock_file(path) as f:
+            locked = _flock(f, wait=wait)
+            if locked is False:
+                raise (busy or (lambda h: LockHeld(path, h)))(_holder(f))
+            if locked is True and _inode(path) != os.fstat(f.fileno()).st_ino:
+                continue  # replaced since it was opened (see _own_lock_file): lock the new one
+            if isinstance(locked, str):
+                warnings.warn(f"{path}: this file system does not lock files ({locked}), so "
+                              "another process using the same folder is not detected",
+                              stacklevel=3)
+            else:
+                f.truncate(0)
+                f.write(f"pid {os.getpid()} on {socket.gethostname()} since "
+                        f"{time.strftime('%Y-%m-%d %H:%M:%S')}")
+                f.flush()
+            yield
             return
-        if locked:
-            f.truncate(0)
-            f.write(f"pid {os.getpid()} on {socket.gethostname()} since "
-                    f"{time.strftime('%Y-%m-%d %H:%M:%S')}")
-            f.flush()
-        yield
+
+
+def _flock(f, *, wait: bool) -> bool | str:
+    """True: locked; False: another process holds it; a string: this file system has no locks
+    (the system's reason)."""
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+    except BlockingIOError:
+        return False
+    except OSError as e:
+        if e.errno not in NO_LOCKS:
+            raise
+        return e.strerror
+    return True
 
 
 @contextlib.contextmanager
@@ -171,14 +180,7 @@ def lock_holder(path: str | Path) -> str | None:
     with f:
         if os.fstat(f.fileno()).st_nlink > 1:  # a copy's, not yet locked in this folder
             return None
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return _holder(f)
-        except OSError as e:
-            if e.errno not in NO_LOCKS:
-                raise
-        return None
+        return _holder(f) if _flock(f, wait=False) is False else None
 
 
 def _holder(f) -> str:

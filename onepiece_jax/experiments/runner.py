@@ -214,7 +214,6 @@ def ensure_data(key: str, budget: str, *, data_dir: Path, out: Path) -> Path:
 def _making(path: Path):
     """The lock under which ``path`` is generated or fetched: invocations sharing an ``--out``
     (or a ``--data-dir``) that start together make it once, the others wait for it."""
-    path.parent.mkdir(parents=True, exist_ok=True)
     return hold_lock(path.with_name(f".{path.name}.lock"), wait=True)
 
 
@@ -370,9 +369,7 @@ def execute(run: Run, *, attention: bool = False) -> str:
     """Brings one run to ``done``: trains (or resumes), or scores a training-free row; with
     ``attention`` also saves its segment-averaged attention maps. Returns what it did. Holds the
     run's lock meanwhile: ``RunTaken`` if another process holds it."""
-    lock = _side_file(run, "_locks", "lock")
-    lock.parent.mkdir(parents=True, exist_ok=True)
-    with hold_lock(lock, busy=lambda holder: RunTaken(
+    with hold_lock(_side_file(run, "_locks", "lock"), busy=lambda holder: RunTaken(
             f"suite {run.suite!r}, variant {run.variant.name!r}, seed {run.seed} is being run "
             f"by {holder}", holder)):
         return _execute(run, attention=attention)
@@ -516,7 +513,6 @@ def run_suite(name: str, *, seeds: int | None = None, budget: str = "small",
             print(f"[{i}/{len(todo)}] {did}", flush=True)
     elif todo:
         run_in_processes(todo, jobs=jobs, attention=suite.attention, data_dir=data_dir)
-    (out / name / "_locks").mkdir(parents=True, exist_ok=True)
     with hold_lock(out / name / "_locks" / "report.lock", wait=True):  # tasks finish together
         path = write_report(suite, runs, budget=budget, seeds=seeds, command=command,
                             out_dir=Path(reports) / name)
@@ -588,18 +584,20 @@ def run_in_processes(runs: list[Run], *, jobs: int, attention: bool, data_dir: P
     running: dict[subprocess.Popen, tuple[int, Path, float]] = {}
     stopping: list[str] = []  # non-empty: no new run starts (the signals received or sent)
 
-    def cached(i: int) -> bool:
-        """Says so when run ``i`` is done (in this process: no new one needed for it)."""
-        if run_status(runs[i - 1]) != "done":
-            return False
+    def cached(i: int) -> None:
+        """Run ``i`` is done: says so from this process (no new one needed for it)."""
         try:
             print(f"{_heading(i, runs)}: {execute(runs[i - 1], attention=attention)}",
                   flush=True)
         except RunTaken as e:
             elsewhere.add(i, e.holder)
-        return True
 
-    waiting = [i for i in range(1, len(runs) + 1) if not cached(i)]
+    waiting = []
+    for i in range(1, len(runs) + 1):
+        if run_status(runs[i - 1]) == "done":
+            cached(i)
+        else:
+            waiting.append(i)
 
     def stop(signum, frame):
         stopping.append(signal.Signals(signum).name)
@@ -617,7 +615,8 @@ def run_in_processes(runs: list[Run], *, jobs: int, attention: bool, data_dir: P
                 if holder is not None:
                     elsewhere.add(i, holder)
                     continue
-                if cached(i):  # finished meanwhile by another invocation
+                if status == "done":  # finished meanwhile by another invocation
+                    cached(i)
                     continue
                 proc, log = _start_process(runs[i - 1], attention=attention, data_dir=data_dir,
                                            jobs=jobs)

@@ -223,8 +223,9 @@ class Bundle:
 
     def __post_init__(self):
         self._compiled = {name: jax.jit(fn.call) for name, fn in self.functions.items()}
-        # entity: (raw id of each dense id, argsort of rows 1.., those rows sorted)
-        self._raw_ids: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+        self._raw_ids: dict[str, np.ndarray] = {}  # entity: the raw id of each dense id
+        # entity: (argsort of rows 1.., those rows sorted), made by the first encode
+        self._sorted_ids: dict[str, tuple[np.ndarray, np.ndarray]] = {}
 
     def run(self, function: str, batch: Mapping[str, Any]) -> np.ndarray:
         """The exported function on one batch (the pipeline's dict; extra keys ignored)."""
@@ -280,10 +281,8 @@ class Bundle:
             raise BundleError(f"{self.root}: no raw {entity} ids in this bundle; {why}")
         if entity not in self._raw_ids:
             with np.load(self.root / info["file"]) as npz:
-                ids = npz[entity]
-            order = np.argsort(ids[1:], kind="stable")
-            self._raw_ids[entity] = ids, order, ids[1:][order]
-        return self._raw_ids[entity][0]
+                self._raw_ids[entity] = npz[entity]
+        return self._raw_ids[entity]
 
     def decode(self, entity: str, ids: np.ndarray) -> np.ndarray:
         """Dense ids (the index's answers, a batch's histories) → the source's ids."""
@@ -299,8 +298,11 @@ class Bundle:
         have is refused by name (``unknown="error"``) or mapped to 0, padding (``"zero"``)."""
         if unknown not in ("error", "zero"):
             raise BundleError(f"unknown={unknown!r}: expected 'error' or 'zero'")
-        self.raw_ids(entity)
-        _, order, known = self._raw_ids[entity]
+        if entity not in self._sorted_ids:
+            ids = self.raw_ids(entity)[1:]
+            order = np.argsort(ids, kind="stable")
+            self._sorted_ids[entity] = order, ids[order]
+        order, known = self._sorted_ids[entity]
         raw = np.asarray(raw)
         if {raw.dtype.kind, known.dtype.kind} - {"i", "u"} and raw.dtype.kind != known.dtype.kind:
             raise BundleError(f"raw {entity} ids here are {known.dtype}, got {raw.dtype}")

@@ -68,8 +68,7 @@ def read_atomic(path: str | Path, *, max_seq: int = MAX_SEQ, user_field: str = "
     skipped: dict[str, int] = {}
     columns = _typed_header(inter)
     names = list(columns)
-    keys = {"user": user_field, "item": item_field}
-    read = {n: c.column_index(names, n, inter) for n in keys.values()}
+    read = {n: c.column_index(names, n, inter) for n in (user_field, item_field)}
     if time_field in columns or time_field != TIME:  # a column named by hand must be there
         read[time_field] = c.column_index(names, time_field, inter)
     if level_field:
@@ -79,13 +78,13 @@ def read_atomic(path: str | Path, *, max_seq: int = MAX_SEQ, user_field: str = "
     for nums, table in c.iter_columns(inter, b"\t", len(names), skipped, header=True,
                                       cols=list(read.values())):
         cells = dict(zip(read, table.T, strict=True))
-        for name in keys.values():
+        for name in (user_field, item_field):
             parts[name].append(_ids(cells[name], nums, inter, name))
         if time_field in read:
             parts[time_field].append(c.to_time(cells[time_field], nums, inter, time_field))
         if level_field:
             parts[level_field].append(funnel.codes(cells[level_field], nums, inter))
-    user_raw, item_raw = (np.concatenate(parts[keys[e]]) for e in ("user", "item"))
+    user_raw, item_raw = np.concatenate(parts[user_field]), np.concatenate(parts[item_field])
     time_parts = parts.get(time_field, [])
     item_raw, item_ids, item_features = _entity("item", item_field, item_raw, inter, skipped,
                                                 max_seq)
