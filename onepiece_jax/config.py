@@ -170,6 +170,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
     if config.train.clip_norm < 0:
         raise ConfigError(f"config.train.clip_norm={config.train.clip_norm}: must be >= 0 "
                           "(0 = no clipping)")
+    if not 0 <= config.train.ema_decay < 1:
+        raise ConfigError(f"config.train.ema_decay={config.train.ema_decay}: must be in [0, 1) "
+                          "(0 = no moving average of the parameters)")
     if config.train.eval_every_steps < 0:
         raise ConfigError(f"config.train.eval_every_steps={config.train.eval_every_steps}: must "
                           "be >= 0 (0 = once per epoch)")
@@ -321,6 +324,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.train = ml_collections.ConfigDict(dict(
         batch_size=256, epochs=20, learning_rate=1e-3, schedule="warmup_cosine",
         warmup_steps=200, weight_decay=0.0, clip_norm=1.0,  # clip_norm 0: no clipping
+        # > 0: keep a moving average of the parameters (decay per step), which validation,
+        # evaluation and export use instead of the trained parameters (0: off)
+        ema_decay=0.0,
         # validation every N steps and at the last (0: at the end of every epoch); patience
         # counts validations without improvement
         eval_every_steps=0, early_stop_metric="NDCG@10",

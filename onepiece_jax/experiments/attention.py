@@ -78,6 +78,7 @@ def attention_maps(workdir: str | Path, *, split: str = "validation",
     from onepiece_jax.data.loader import BatchIterator, device_batch
     from onepiece_jax.model.attention import CAPTURE
     from onepiece_jax.train.loop import load_workdir_config, make_job, restore_state
+    from onepiece_jax.train.step import eval_params
 
     workdir = Path(workdir)
     job = make_job(load_workdir_config(workdir), workdir)
@@ -86,7 +87,7 @@ def attention_maps(workdir: str | Path, *, split: str = "validation",
     batch = next(BatchIterator(arrays, examples, shuffle=False, seed=0,
                                group_size=job.group_size, regroup=True))
     dev = job.put(device_batch(batch))
-    variables = {"params": state.params}
+    variables = {"params": eval_params(state)}
     _, captured = job.model.apply(variables, dev, job.catalog, train=False, mutable=[CAPTURE])
     _, valid = job.model.apply(variables, dev, job.catalog, method="embed")
     cfg = job.model.config

@@ -3,9 +3,10 @@
 A rule is ``(regex, spec)``: the regex is searched in the leaf's ``/``-joined path (e.g.
 ``params/embedder/tables/item_item_id/embedding`` or, for Adam's first moment of the same table,
 ``opt_state/1/0/mu/embedder/tables/item_item_id/embedding``) and the first match decides; a leaf no
-rule matches is replicated. Because optimizer slots carry their parameter's path, one rule shards a
-table and its Adam moments alike. In a spec, :data:`TABLE` stands for the table axes
-(``('model',)``, or ``('data', 'model')`` with ``config.mesh.shard_tables_over_data``).
+rule matches is replicated. Because optimizer slots (and the parameters' moving average) carry
+their parameter's path, one rule shards a table, its Adam moments and its average alike. In a
+spec, :data:`TABLE` stands for the table axes (``('model',)``, or ``('data', 'model')`` with
+``config.mesh.shard_tables_over_data``).
 
 By default only the embedding tables are sharded (on the vocabulary axis); dense layers are small
 and stay replicated — add a rule such as ``(r"item_tower/.*/kernel$", (None, "model"))`` to split

@@ -28,6 +28,7 @@ import json
 import shutil
 import sys
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -196,8 +197,11 @@ class Checkpoints:
 
     def restore_params(self, which: str = "best") -> tuple[dict, dict, int]:
         """``(params, extra, step)`` of checkpoint ``which``, parameters only, as numpy arrays
-        with no optimizer state and no template: export reads a run of any mesh or optimizer
-        this way. The step must be intact (``CheckpointError`` otherwise)."""
+        with no template: export reads a run of any mesh or optimizer this way. A run that kept
+        a moving average of its parameters (``config.train.ema_decay``) is served with it, as it
+        was evaluated; the average lives in the optimizer state, which is then read whole (Orbax
+        restores no part of a list), else only the parameters are. The step must be intact
+        (``CheckpointError`` otherwise)."""
         name, step = self.resolve(which)
         mgr = self._mgr(name)
         step_dir = self._step_dir(mgr, step)
@@ -210,12 +214,16 @@ class Checkpoints:
             if "params" not in tree:
                 raise CheckpointError(f"{step_dir / 'state'} holds no 'params'; not a OnePiece "
                                       "train state")
-            template = {"params": jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype),
-                                               tree["params"])}
+            averaged = _path_to(tree["opt_state"], AVERAGED, ("opt_state",))
+            part = "params" if averaged is None else "opt_state"
+            template = {part: jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype),
+                                           tree[part])}
             restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray),
                                         template)
             params = ckptr.restore(step_dir / "state", args=ocp.args.PyTreeRestore(
-                item=template, restore_args=restore_args, partial_restore=True))["params"]
+                item=template, restore_args=restore_args, partial_restore=True))
+            for key in averaged or ("params",):
+                params = params[key]
         extra = mgr.restore(step, args=ocp.args.Composite(extra=ocp.args.JsonRestore()))
         return params, dict(extra["extra"]), step
 
@@ -261,6 +269,26 @@ class Checkpoints:
     def close(self) -> None:
         self.latest.close()
         self.best.close()
+
+
+AVERAGED = "averaged_params"  # the field of train.step.AveragedParams, as Orbax names it
+
+
+def _path_to(node: Any, key: str, path: tuple = ()) -> tuple | None:
+    """The keys and indices leading to the first mapping that holds ``key`` (``key`` last)."""
+    if isinstance(node, Mapping):
+        if key in node:
+            return (*path, key)
+        children = node.items()
+    elif isinstance(node, (list, tuple)):
+        children = enumerate(node)
+    else:
+        return None
+    for name, child in children:
+        found = _path_to(child, key, (*path, name))
+        if found is not None:
+            return found
+    return None
 
 
 def _warn(message: str) -> None:

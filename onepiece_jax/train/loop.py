@@ -78,6 +78,7 @@ from onepiece_jax.train.checkpoint import Checkpoints
 from onepiece_jax.train.objective import Objective
 from onepiece_jax.train.step import (
     abstract_state,
+    eval_params,
     init_state,
     make_optimizer,
     make_train_step,
@@ -446,7 +447,10 @@ def _resume_identity(config) -> dict:
     run is extended.
     """
     guarded = {**build_key(config), "model": config.model.to_dict(),
-               "loss": config.loss.to_dict(), "train": {"batch_size": config.train.batch_size}}
+               "loss": config.loss.to_dict(),
+               # the moving average is optimizer state: its decay may change, not its presence
+               "train": {"batch_size": config.train.batch_size,
+                         "ema_decay > 0": config.train.ema_decay > 0}}
     del guarded["dataset"]["build_dir"]
     return traverse_util.flatten_dict(guarded, sep=".")
 
@@ -604,7 +608,7 @@ def _train_and_evaluate(config, workdir: str | Path, *, progress: bool,
             book["iterator"] = it.get_state()
             if not at_validation:  # an epoch ended between two validations (eval_every_steps)
                 continue
-            result = evaluate_split(job, state.params, val_arrays, "validation")
+            result = evaluate_split(job, eval_params(state), val_arrays, "validation")
             value = headline(result, config)
             last_val = value
             epoch = _epochs(step, steps_per_epoch)
@@ -767,7 +771,7 @@ def evaluate_workdir(workdir: str | Path, *, split: str = "test", checkpoint: st
         job.config.eval.exclude_history = bool(exclude_history)
     arrays = job.data.load_split(split)
     state, step = restore_state(job, arrays, checkpoint)
-    result = evaluate_split(job, state.params, arrays, split)
+    result = evaluate_split(job, eval_params(state), arrays, split)
     result["checkpoint"] = {"which": checkpoint, "step": step}
     if write and distributed.is_primary():
         kept = "excluded" if job.config.eval.exclude_history else "included"

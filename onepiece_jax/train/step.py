@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -51,14 +51,57 @@ SCHEDULES = {
 }
 
 
+class AveragedParams(NamedTuple):
+    """The state of :func:`average_params`: updates seen and the running average."""
+    count: jax.Array
+    averaged_params: Any
+
+
+def average_params(decay: float) -> optax.GradientTransformation:
+    """An exponential moving average of the parameters, as the optimizer chain's last link (its
+    ``params + updates`` are the new parameters), so it lives, shards, checkpoints and is skipped
+    on a non-finite step with the optimizer state, with no change to the train state.
+
+    The average is bias-corrected as a zero-initialised EMA divided by ``1 - decay^t`` would be,
+    but stored corrected, so evaluation and export read it as is: update t moves it by
+    ``(1 - decay) / (1 - decay^t)`` towards the new parameters, and the first copies them.
+    The updates pass through unchanged.
+    """
+
+    def init(params):
+        return AveragedParams(jnp.zeros((), jnp.int32), jax.tree.map(jnp.zeros_like, params))
+
+    def update(updates, state, params):
+        count = state.count + 1
+        rate = (1.0 - decay) / (1.0 - jnp.power(jnp.float32(decay), count.astype(jnp.float32)))
+        averaged = jax.tree.map(lambda a, p, u: a + rate.astype(a.dtype) * (p + u - a),
+                                state.averaged_params, params, updates)
+        return updates, AveragedParams(count, averaged)
+
+    return optax.GradientTransformation(init, update)
+
+
 def make_optimizer(train_cfg, total_steps: int) -> optax.GradientTransformation:
     """AdamW after global-norm clipping (``clip_norm=0``: none), at the learning rate schedule
-    ``SCHEDULES[train_cfg.schedule]``."""
+    ``SCHEDULES[train_cfg.schedule]``; with ``ema_decay > 0`` it also keeps the parameters'
+    moving average (:func:`average_params`), which validation, evaluation and export then use."""
     schedule = SCHEDULES[train_cfg.schedule](
         float(train_cfg.learning_rate), int(train_cfg.warmup_steps), total_steps)
     clip = float(train_cfg.clip_norm)
-    return optax.chain(optax.clip_by_global_norm(clip) if clip > 0 else optax.identity(),
-                       optax.adamw(schedule, weight_decay=float(train_cfg.weight_decay)))
+    links = [optax.clip_by_global_norm(clip) if clip > 0 else optax.identity(),
+             optax.adamw(schedule, weight_decay=float(train_cfg.weight_decay))]
+    if float(train_cfg.ema_decay) > 0:
+        links.append(average_params(float(train_cfg.ema_decay)))
+    return optax.chain(*links)
+
+
+def eval_params(state: TrainState) -> Any:
+    """The parameters a run is evaluated and served with: the moving average when the optimizer
+    keeps one (``config.train.ema_decay > 0``), else the trained parameters."""
+    found = [s for s in jax.tree.leaves(state.opt_state,
+                                        is_leaf=lambda s: isinstance(s, AveragedParams))
+             if isinstance(s, AveragedParams)]
+    return found[0].averaged_params if found else state.params
 
 
 def _shapes(tree: Any) -> Any:

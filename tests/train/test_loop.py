@@ -54,6 +54,38 @@ def test_preempted_and_resumed_run_equals_uninterrupted(planted_build, tmp_path)
     assert resumed["results"]["metrics"] == whole["results"]["metrics"]
 
 
+def test_a_moving_average_of_the_parameters_is_validated_evaluated_exported_and_resumed(
+        planted_build, tmp_path):
+    """With ``train.ema_decay`` the average, not the trained parameters, is what validation,
+    ``onepiece eval`` and export read; it survives preemption like the rest of the state."""
+    from onepiece_jax.train.checkpoint import Checkpoints
+    from onepiece_jax.train.step import eval_params
+
+    cfg = tiny_config(str(planted_build))
+    cfg.train.update(epochs=2, ema_decay=0.9)
+    whole = train_and_evaluate(cfg, tmp_path / "whole", progress=False)
+    steps = whole["history"][-1]["step"]
+    train_and_evaluate(cfg, tmp_path / "cut", progress=False, preempt_at_step=steps // 2 + 1)
+    resumed = train_and_evaluate(cfg, tmp_path / "cut", progress=False)
+    assert resumed["results"]["metrics"] == whole["results"]["metrics"]
+    job = make_job(cfg, tmp_path / "whole")
+    arrays = job.data.load_split("test")
+    state, _ = restore_state(job, arrays, "best")
+    averaged = eval_params(state)
+    apart = jax.tree.leaves(jax.tree.map(lambda a, p: float(np.max(np.abs(a - p))), averaged,
+                                         state.params))
+    assert max(apart) > 1e-4  # the average is not the trained parameters
+    cut_state, _ = restore_state(make_job(cfg, tmp_path / "cut"), arrays, "best")
+    diffs = jax.tree.leaves(jax.tree.map(lambda a, b: float(np.max(np.abs(a - b))), averaged,
+                                         eval_params(cut_state)))
+    assert max(diffs) <= 1e-6
+    assert whole["results"]["metrics"] == evaluate_split(job, averaged, arrays, "test")["metrics"]
+    ckpts = Checkpoints(tmp_path / "whole", 2)
+    exported, _, _ = ckpts.restore_params("best")
+    ckpts.close()
+    jax.tree.map(lambda e, a: np.testing.assert_array_equal(e, np.asarray(a)), exported, averaged)
+
+
 def test_eval_every_steps_validates_across_epoch_ends_and_resumes_exactly(planted_build,
                                                                            tmp_path):
     """Validation every 7 steps of 20-step epochs; a preemption at an epoch end that is not a
@@ -210,6 +242,16 @@ def test_resuming_refuses_changed_data_loss_or_batch_size_and_accepts_a_longer_s
         with pytest.raises(ConfigError,
                            match=re.escape(f"{key}: {stored[key]!r} -> {value!r}")):
             _save_config(changed, tmp_path)
+    # a moving average of the parameters is optimizer state: switching it on is refused, while
+    # its decay may change once it is on
+    averaged = base_config()
+    averaged.train.ema_decay = 0.99
+    with pytest.raises(ConfigError, match=re.escape("train.ema_decay > 0: False -> True")):
+        _save_config(averaged, tmp_path)
+    (tmp_path / "averaged").mkdir()
+    _save_config(averaged, tmp_path / "averaged")
+    averaged.train.ema_decay = 0.999
+    _save_config(averaged, tmp_path / "averaged")
 
 
 def _dataset(folder: Path, text: str = "1 2 3\n") -> str:

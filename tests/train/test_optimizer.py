@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from onepiece_jax.config import ConfigError, base_config, validate
-from onepiece_jax.train.step import make_optimizer
+from onepiece_jax.train.step import TrainState, eval_params, make_optimizer
 
 
 def _train_cfg(**overrides) -> ml_collections.ConfigDict:
@@ -53,7 +53,33 @@ def test_clip_norm_zero_turns_clipping_off(clip_norm):
     assert float(adam.mu["w"]) == pytest.approx(expected, rel=1e-5)
 
 
-@pytest.mark.parametrize("key,value", [("schedule", "linear"), ("clip_norm", -1.0)])
+def test_ema_decay_keeps_a_bias_corrected_average_and_leaves_the_updates_alone():
+    """The average equals a zero-initialised EMA of the parameters after each update divided by
+    1 - decay^t (a NumPy reference), and the parameters move exactly as without it."""
+    decay, grads = 0.8, [1.0, -2.0, 0.5, 3.0, -1.0]
+    cfg, plain = _train_cfg(ema_decay=decay), _train_cfg()
+    np.testing.assert_array_equal(_first_updates(cfg, grads), _first_updates(plain, grads))
+    optimizer = make_optimizer(cfg, 10)
+    params = {"w": jnp.asarray(0.3)}
+    state = optimizer.init(params)
+    ema, history = 0.0, []
+    for t, g in enumerate(grads, start=1):
+        updates, state = optimizer.update({"w": jnp.asarray(g)}, state, params)
+        params = {"w": params["w"] + updates["w"]}
+        ema = decay * ema + (1 - decay) * float(params["w"])
+        history.append(float(params["w"]))
+        train_state = TrainState(step=jnp.asarray(t), params=params, opt_state=state,
+                                 nonfinite=jnp.asarray(0))
+        assert float(eval_params(train_state)["w"]) == pytest.approx(ema / (1 - decay ** t),
+                                                                     rel=1e-5)
+    assert float(eval_params(train_state)["w"]) != pytest.approx(history[-1], rel=1e-3)
+    without = TrainState(step=jnp.asarray(1), params=params,
+                         opt_state=make_optimizer(plain, 10).init(params), nonfinite=jnp.asarray(0))
+    assert eval_params(without) is params
+
+
+@pytest.mark.parametrize("key,value", [("schedule", "linear"), ("clip_norm", -1.0),
+                                       ("ema_decay", 1.0), ("ema_decay", -0.1)])
 def test_bad_schedule_or_clip_norm_is_refused_naming_the_key(key, value):
     config = base_config()
     config.train[key] = value
