@@ -24,7 +24,7 @@ from onepiece_jax.parallel.rules import (
     tree_shardings,
     vocab_multiple,
 )
-from onepiece_jax.train.step import split_batch
+from onepiece_jax.train.step import make_optimizer, split_batch
 from tests.model.conftest import tiny_batch, tiny_catalog
 from tests.model.conftest import tiny_config as tiny_model_config
 from tests.train.conftest import planted_build  # noqa: F401  (session fixture, reused)
@@ -42,6 +42,17 @@ def test_a_table_and_its_adam_moments_share_one_rule():
     assert rules.spec("opt_state/1/0/count", 0) == PartitionSpec()
     over_data = ShardingRules(table_axes=("data", "model"))
     assert over_data.spec(TABLE, 2) == PartitionSpec(("data", "model"), None)
+
+
+def test_the_parameters_moving_average_is_sharded_like_its_table():
+    cfg = base_config().train
+    cfg.ema_decay = 0.99
+    params = {"embedder": {"tables": {"item_item_id": {"embedding": jnp.zeros((8, 4))}}}}
+    state = make_optimizer(cfg, 10).init(params)
+    specs = {path_str(p): ShardingRules().spec(path_str(p), np.ndim(leaf))
+             for p, leaf in jax.tree_util.tree_flatten_with_path(state)[0]}
+    averaged = [spec for path, spec in specs.items() if "averaged_params" in path]
+    assert averaged == [PartitionSpec(("model",), None)], specs
 
 
 def test_rules_come_from_the_config():
