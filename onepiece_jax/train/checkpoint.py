@@ -199,8 +199,9 @@ class Checkpoints:
         """``(params, extra, step)`` of checkpoint ``which``, parameters only, as numpy arrays
         with no template: export reads a run of any mesh or optimizer this way. A run that kept
         a moving average of its parameters (``config.train.ema_decay``) is served with it, as it
-        was evaluated; the average lives in the optimizer state, which is then read whole (Orbax
-        restores no part of a list), else only the parameters are. The step must be intact
+        was evaluated; the average lives in the optimizer chain's state, a list that Orbax's
+        partial restore would not take in part here, so the optimizer state is then read whole
+        (about three times the parameters), else only the parameters are. The step must be intact
         (``CheckpointError`` otherwise)."""
         name, step = self.resolve(which)
         mgr = self._mgr(name)
