@@ -215,16 +215,16 @@ class Checkpoints:
             if "params" not in tree:
                 raise CheckpointError(f"{step_dir / 'state'} holds no 'params'; not a OnePiece "
                                       "train state")
-            averaged = _path_to(tree["opt_state"], AVERAGED, ("opt_state",))
-            part = "params" if averaged is None else "opt_state"
+            last = tree["opt_state"][-1]  # make_optimizer puts the average last in its chain
+            averaged = isinstance(last, Mapping) and AVERAGED in last
+            part = "opt_state" if averaged else "params"
             template = {part: jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype),
                                            tree[part])}
             restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray),
                                         template)
             params = ckptr.restore(step_dir / "state", args=ocp.args.PyTreeRestore(
                 item=template, restore_args=restore_args, partial_restore=True))
-            for key in averaged or ("params",):
-                params = params[key]
+            params = params["opt_state"][-1][AVERAGED] if averaged else params["params"]
         extra = mgr.restore(step, args=ocp.args.Composite(extra=ocp.args.JsonRestore()))
         return params, dict(extra["extra"]), step
 
@@ -273,23 +273,6 @@ class Checkpoints:
 
 
 AVERAGED = "averaged_params"  # the field of train.step.AveragedParams, as Orbax names it
-
-
-def _path_to(node: Any, key: str, path: tuple = ()) -> tuple | None:
-    """The keys and indices leading to the first mapping that holds ``key`` (``key`` last)."""
-    if isinstance(node, Mapping):
-        if key in node:
-            return (*path, key)
-        children = node.items()
-    elif isinstance(node, (list, tuple)):
-        children = enumerate(node)
-    else:
-        return None
-    for name, child in children:
-        found = _path_to(child, key, (*path, name))
-        if found is not None:
-            return found
-    return None
 
 
 def _warn(message: str) -> None:

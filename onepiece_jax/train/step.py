@@ -98,10 +98,8 @@ def make_optimizer(train_cfg, total_steps: int) -> optax.GradientTransformation:
 def eval_params(state: TrainState) -> Any:
     """The parameters a run is evaluated and served with: the moving average when the optimizer
     keeps one (``config.train.ema_decay > 0``), else the trained parameters."""
-    found = [s for s in jax.tree.leaves(state.opt_state,
-                                        is_leaf=lambda s: isinstance(s, AveragedParams))
-             if isinstance(s, AveragedParams)]
-    return found[0].averaged_params if found else state.params
+    last = state.opt_state[-1]  # make_optimizer puts the average last in its chain
+    return last.averaged_params if isinstance(last, AveragedParams) else state.params
 
 
 def _shapes(tree: Any) -> Any:
