@@ -233,7 +233,7 @@ def _experiment(args: argparse.Namespace) -> int:
     try:
         run_suite(args.suite, seeds=args.seeds, budget=args.budget, out=args.out,
                   data_dir=args.data_dir, reports=args.reports, report_only=args.report_only,
-                  jobs=args.jobs, variants=args.variants)
+                  jobs=args.jobs, variants=args.variants, restore=args.restore)
     except SuitePreempted as e:
         print(str(e), flush=True)
     except NonFiniteError as e:
@@ -266,6 +266,10 @@ def _add_experiment_parser(subparsers: argparse._SubParsersAction) -> None:
     ex.add_argument("--variants", nargs="+", default=(), metavar="PATTERN",
                     help="train only the variants whose names match these shell-style patterns "
                          "(e.g. 'synth_ranking.*'); the report still lists the whole suite")
+    ex.add_argument("--restore", nargs="+", type=Path, default=(), metavar="RUNS_JSON",
+                    help="first put back the finished runs of these archives (the runs.json "
+                         "beside each report), made on other machines or in earlier sittings; "
+                         "those whose config and data are the suite's now count as finished")
     ex.add_argument("--report-only", action="store_true",
                     help="write the report from the finished runs, train nothing")
     ex.add_argument("--list", action="store_true", help="list the suites and exit")

@@ -313,6 +313,8 @@ def _live_status(r: RunRecord) -> str:
     if r.holder is not None:
         return f"running: {r.holder}"
     status = r.record.get("status", "not started")
+    if status == "done" and r.record.get("restored_from"):
+        return f"done (restored from {Path(r.record['restored_from']).name})"
     return "interrupted: resumes when the suite runs again" if status == "running" else status
 
 
@@ -385,13 +387,18 @@ def render_report(suite: Suite, records: Sequence[RunRecord], *, budget: str, se
 
 def write_report(suite: Suite, runs: Sequence, *, budget: str, seeds: int, command: str,
                  out_dir: Path) -> Path:
-    """Writes ``out_dir/report.md``, its PNGs and ``summary.json``; returns the report path.
+    """Writes ``out_dir/report.md``, its PNGs, ``summary.json`` and the finished runs' archive
+    (``archive.ARCHIVE``, from which ``--restore`` rebuilds them); returns the report path.
     A PNG the report does not show (drawn by an earlier report of other rows) is deleted, so
     that the folder, which gets committed as it is, holds only this report's plots."""
+    from onepiece_jax.experiments.archive import ARCHIVE, pack_runs, write_archive
+
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    text, summary = render_report(suite, load_records(runs), budget=budget, seeds=seeds,
+    records = load_records(runs)
+    text, summary = render_report(suite, records, budget=budget, seeds=seeds,
                                   command=command, out_dir=out_dir)
+    write_archive(out_dir / ARCHIVE, pack_runs(records, suite=suite.name, budget=budget))
     shown = set(re.findall(r"\]\(([^()/]+\.png)\)", text))
     for png in out_dir.glob("*.png"):
         if png.name not in shown:

@@ -294,9 +294,14 @@ def run_status(run: Run) -> str:
         return "new"
     if run.data_id is None:
         return "unchecked"
-    if record.get("digest") != run.digest and not _same_config(record, run):
+    if not record_matches(record, run):
         return "stale"
     return "done" if (run.workdir / "results.json").is_file() else "partial"
+
+
+def record_matches(record: Mapping[str, Any], run: Run) -> bool:
+    """Whether a run record (``experiment.json``) is of ``run``: the same config and data."""
+    return record.get("digest") == run.digest or _same_config(record, run)
 
 
 def _same_config(record: Mapping[str, Any], run: Run) -> bool:
@@ -332,7 +337,7 @@ def _relocate(run: Run) -> None:
         config["dataset"].update(new)
         write_json(saved, config)
     _write_record(run, **{k: v for k, v in record.items()
-                          if k in ("status", "seconds")})
+                          if k in ("status", "seconds", "restored_from")})
 
 
 def _move_aside(run: Run) -> Path:
@@ -365,13 +370,18 @@ def run_holder(run: Run) -> str | None:
     return lock_holder(_side_file(run, "_locks", "lock"))
 
 
+def holding(run: Run):
+    """The run's lock, held for the block: ``RunTaken`` if another process holds it."""
+    return hold_lock(_side_file(run, "_locks", "lock"), busy=lambda holder: RunTaken(
+        f"suite {run.suite!r}, variant {run.variant.name!r}, seed {run.seed} is being run "
+        f"by {holder}", holder))
+
+
 def execute(run: Run, *, attention: bool = False) -> str:
     """Brings one run to ``done``: trains (or resumes), or scores a training-free row; with
     ``attention`` also saves its segment-averaged attention maps. Returns what it did. Holds the
     run's lock meanwhile: ``RunTaken`` if another process holds it."""
-    with hold_lock(_side_file(run, "_locks", "lock"), busy=lambda holder: RunTaken(
-            f"suite {run.suite!r}, variant {run.variant.name!r}, seed {run.seed} is being run "
-            f"by {holder}", holder)):
+    with holding(run):
         return _execute(run, attention=attention)
 
 
@@ -478,12 +488,14 @@ def run_suite(name: str, *, seeds: int | None = None, budget: str = "small",
               out: str | Path = "runs/experiments", data_dir: str | Path = "data",
               reports: str | Path = "reports", report_only: bool = False,
               command: str | None = None, jobs: int = 1,
-              variants: Sequence[str] = ()) -> Path:
+              variants: Sequence[str] = (), restore: Sequence[str | Path] = ()) -> Path:
     """Runs (or, with ``report_only``, only reports) a suite; returns the report's path.
     ``seeds`` defaults to the budget's (1 for the small smoke run, 3 for full); ``jobs`` > 1
     runs that many at once, each in its own process (see ``run_in_processes``). ``variants``
     (shell-style patterns) trains only the matching rows of a long suite; the report still
-    covers the whole suite, with the rows not yet run marked as such."""
+    covers the whole suite, with the rows not yet run marked as such. ``restore`` (reports'
+    ``runs.json`` archives) first puts back the finished runs made elsewhere."""
+    from onepiece_jax.experiments.archive import restore_runs
     from onepiece_jax.experiments.report import write_report
 
     if jobs < 1:
@@ -494,6 +506,10 @@ def run_suite(name: str, *, seeds: int | None = None, budget: str = "small",
     only = select_variants(suite, variants)
     runs = plan_runs(suite, seeds=seeds, budget=budget, out=out, data_dir=data_dir,
                      prepare=not report_only, only=only)
+    for archive in restore:
+        counts = restore_runs(archive, runs)
+        print(f"{archive}: " + "; ".join(f"{n} {why}" for why, n in counts.most_common()),
+              flush=True)
     todo = [] if report_only else [run for run in runs if run.variant.name in only]
     command = command or default_command(name, seeds=seeds, budget=budget, out=out,
                                          data_dir=data_dir, variants=variants)

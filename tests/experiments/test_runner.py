@@ -504,3 +504,13 @@ def test_smallest_suite_end_to_end_on_the_tiny_budget(tmp_path, monkeypatch):
 
     monkeypatch.setattr(runner, "_train", no_training)
     assert run_suite("attention", **kwargs).read_text().count("| done |") == 2
+
+    # its archive rebuilds the report where the runs are not: attention maps included
+    elsewhere = {**kwargs, "out": tmp_path / "elsewhere", "reports": tmp_path / "reports2"}
+    rebuilt = run_suite("attention", restore=[report.parent / "runs.json"], **elsewhere)
+
+    def maps(text: str) -> str:
+        return text[text.index("## Attention by segment"):text.index("## Runs")]
+
+    assert maps(rebuilt.read_text()) == maps(report.read_text())
+    assert rebuilt.read_text().count("| done (restored from runs.json) |") == 2
