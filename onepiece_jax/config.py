@@ -301,7 +301,8 @@ def base_config() -> ml_collections.ConfigDict:
     # item_tower: "mlp" (its own adapter), "shared_proj" (tied to the history token) or
     # "embedding" (the id row, SASRec); history_tokens: "adapter" (an MLP over all the item's
     # features, SPEC §1), "embedding" (the id row) or "sum" (the id row + a linear map of the
-    # side features). See model/embeddings.py.
+    # side features); candidate_tokens (ranking): "adapter" (proj_cand, SPEC §1) or "shared_proj"
+    # (the history token at behaviour level 0). See model/embeddings.py.
     c.model = ml_collections.ConfigDict(dict(
         d_model=64, num_layers=2, num_heads=4, ffn_mult=4, dropout=0.1, attention_dropout=0.0,
         feature_dim=16, norm="pre", ffn_inner_dropout=True, embed_init_std=0.0,
@@ -310,7 +311,7 @@ def base_config() -> ml_collections.ConfigDict:
         base_mask="bidirectional", cis_visible=True, prefix_sees_cis=True,
         reasoning_steps=2, rpe_size=4, readout="block", use_side_info=True, use_pa=True,
         use_sd=True, use_user_id=True, use_item_id=True, item_tower="mlp", history_tokens="adapter",
-        head_hidden=64, use_kv_cache=True))
+        candidate_tokens="adapter", head_hidden=64, use_kv_cache=True))
     c.loss = ml_collections.ConfigDict(dict(
         kind="onepiece", strategy="progressive", eta=0.07, rank_eta=1.0,
         # weight of each term of the OnePiece losses (retrieval: bce, u2i, i2u; ranking: bce,

@@ -42,6 +42,7 @@ def test_overrides_are_parsed_with_the_field_type():
     ("--config.model.dropout.rate=0.2", "config.model.dropout is a value (0.2), not a section"),
     ("--config.model.history_tokens=embedding", "config.model.history_tokens='embedding'"),
     ("--config.model.history_tokens=summ", "config.model.history_tokens='summ'"),
+    ("--config.model.candidate_tokens=shared", "config.model.candidate_tokens='shared'"),
     ("--config.model.num_heads=3", "config.model.d_model=64 is not divisible"),
     ("--config.model.dropout=1.0", "config.model.dropout=1.0: must be in [0, 1)"),
 ])

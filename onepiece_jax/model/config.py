@@ -27,6 +27,7 @@ BASE_MASKS = ("bidirectional", "causal")
 READOUTS = ("block", "last_token", "newest_item")
 ITEM_TOWERS = ("mlp", "shared_proj", "embedding")
 HISTORY_TOKENS = ("adapter", "embedding", "sum")
+CANDIDATE_TOKENS = ("adapter", "shared_proj")
 NORMS = ("pre", "post")
 IH_POSITIONS = ("from_newest", "from_oldest")
 DENSE_INITS = ("normal_0.02", "lecun_normal")
@@ -129,6 +130,10 @@ class ModelConfig:
     use_item_id: bool = True
     item_tower: str = "mlp"
     history_tokens: str = "adapter"
+    # ranking's CIS tokens: "adapter" (their own proj_cand, SPEC §1) or "shared_proj" (the history
+    # token of the same item at behaviour level 0, so a candidate starts in the same space as
+    # the history it is matched against)
+    candidate_tokens: str = "adapter"
     head_hidden: int = 64
     use_kv_cache: bool = True
     ih_len: int = 50
@@ -155,6 +160,7 @@ class ModelConfig:
         _check_choice("readout", self.readout, READOUTS)
         _check_choice("item_tower", self.item_tower, ITEM_TOWERS)
         _check_choice("history_tokens", self.history_tokens, HISTORY_TOKENS)
+        _check_choice("candidate_tokens", self.candidate_tokens, CANDIDATE_TOKENS)
         _check_choice("norm", self.norm, NORMS)
         _check_choice("ih_positions", self.ih_positions, IH_POSITIONS)
         _check_choice("dense_init", self.dense_init, DENSE_INITS)

@@ -142,7 +142,7 @@ class ContextEmbedder(nn.Module):
             self.proj_context = Adapter(cfg) if context else None
             if not (user and (query or context)):
                 self.sd_default = self.param("sd_default", _INIT, (2, d))
-        if cfg.mode == "ranking":
+        if cfg.mode == "ranking" and cfg.candidate_tokens == "adapter":
             self.proj_cand = Adapter(cfg)
         if cfg.item_tower == "mlp":
             self.item_tower = Adapter(cfg)
@@ -246,12 +246,18 @@ class ContextEmbedder(nn.Module):
         if layout.cis:
             cis_item = batch["cis_item"]
             chex.assert_shape(cis_item, (b, cfg.num_candidates))
-            tokens.append(self.proj_cand(self.tables.entity("item", cis_item, catalog)))
+            tokens.append(self._candidate_tokens(cis_item, catalog))
             valid.append(cis_item > 0)
         tokens, valid = jnp.concatenate(tokens, axis=1), jnp.concatenate(valid, axis=1)
         chex.assert_shape(tokens, (b, layout.length, cfg.d_model))
         chex.assert_type(tokens, jnp.float32)
         return tokens, valid
+
+    def _candidate_tokens(self, items: jnp.ndarray, catalog: Catalog) -> jnp.ndarray:
+        """CIS tokens: items: int32[B, C] → float32[B, C, d]; no position (SPEC §1)."""
+        if self.config.candidate_tokens == "shared_proj":
+            return self._shared_tokens(items, jnp.zeros_like(items), catalog)
+        return self.proj_cand(self.tables.entity("item", items, catalog))
 
     def item_vectors(self, items: jnp.ndarray, catalog: Catalog) -> jnp.ndarray:
         """items: int32[...] → float32[..., d], the retrieval item tower z_v.

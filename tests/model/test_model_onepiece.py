@@ -138,6 +138,20 @@ def test_tied_item_tower_uses_proj_shared_and_adds_no_parameters(tiny):
     assert "item_tower" not in tied["params"]["embedder"]
 
 
+def test_shared_candidate_tokens_are_the_history_token_of_the_same_item(tiny):
+    """``candidate_tokens='shared_proj'``: ranking has no ``proj_cand``; a CIS token is what
+    ``proj_shared`` makes of the item at behaviour level 0 (here read through the tied tower)."""
+    batch, catalog = tiny.batch("ranking"), tiny.catalog()
+    _, own = tiny.init(tiny.config("ranking"), batch, catalog)
+    cfg = tiny.config("ranking", candidate_tokens="shared_proj", item_tower="shared_proj")
+    model, variables = tiny.init(cfg, batch, catalog)
+    assert "proj_cand" in own["params"]["embedder"]
+    assert "proj_cand" not in variables["params"]["embedder"]
+    tokens, _ = model.apply(variables, batch, catalog, method="embed")
+    shared = model.apply(variables, batch["cis_item"], catalog, method="item_vectors")
+    np.testing.assert_allclose(tokens[:, -cfg.num_candidates:], shared, atol=1e-6)
+
+
 def test_sum_tokens_are_the_id_row_plus_a_linear_map_of_the_side_features(tiny):
     """``history_tokens='sum'``: no adapter between the id row and the token; the side features
     (and the behaviour level, zero for the tower) enter through one bias-free linear map."""
