@@ -147,4 +147,5 @@ def test_rewriting_a_report_deletes_the_plots_it_no_longer_shows(tmp_path, monke
     report.write_report(suite, _records(tmp_path, [None], [None]), budget="small", seeds=1,
                         command="c", out_dir=out)
     assert "synthetic_retrieval.png" not in (out / "report.md").read_text()
-    assert sorted(p.name for p in out.iterdir()) == ["notes.txt", "report.md", "summary.json"]
+    assert sorted(p.name for p in out.iterdir()) == ["notes.txt", "report.md", "runs.json",
+                                                  "summary.json"]
