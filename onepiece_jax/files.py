@@ -106,17 +106,24 @@ class LockHeld(RuntimeError):
 
 @contextlib.contextmanager
 def hold_lock(path: str | Path, *, wait: bool = False,
-              busy: Callable[[str], Exception] | None = None) -> Iterator[None]:
+              busy: Callable[[str], Exception] | None = None,
+              grace: float = 0.0) -> Iterator[None]:
     """Holds an exclusive ``flock`` on ``path`` (created if missing, with its folder) for the
     block, and writes who holds it (pid, host, since when) into the file. Held by another
-    process: waits with ``wait``, else raises ``busy(holder)`` (default ``LockHeld``). The
-    kernel drops the lock when its holder exits, even killed, so it never goes stale. Where the
-    file system has no locks it warns and goes on unlocked."""
+    process: waits with ``wait``, else raises ``busy(holder)`` (default ``LockHeld``) once it
+    has been held for ``grace`` seconds on end, so that ``lock_holder``'s probe, which holds it
+    for an instant, is not taken for a holder. The kernel drops the lock when its holder exits,
+    even killed, so it never goes stale. Where the file system has no locks it warns and goes
+    on unlocked."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    deadline = time.monotonic() + grace
     while True:
         with _own_lock_file(path) as f:
             locked = _flock(f, wait=wait)
+            if locked is False and time.monotonic() < deadline:
+                time.sleep(0.02)
+                continue
             if locked is False:
                 raise (busy or (lambda h: LockHeld(path, h)))(_holder(f))
             if locked is True and _inode(path) != os.fstat(f.fileno()).st_ino:

@@ -98,6 +98,31 @@ def test_a_waiting_lock_is_entered_once_its_holder_exits(tmp_path, lock_holder):
         assert holder.wait(timeout=5) is not None and time.monotonic() - start >= 0.4
 
 
+def test_a_lock_held_for_an_instant_is_entered_within_the_grace_period(tmp_path):
+    """A probe (``lock_holder``) holds the lock for an instant: with ``grace`` the lock is taken
+    once it is free again, while one held past the grace period is still refused."""
+    path = tmp_path / ".lock"
+    for held, grace, enters in ((0.2, 5.0, True), (30.0, 0.2, False), (30.0, 0.0, False)):
+        taken, release = threading.Event(), threading.Event()
+
+        def hold(taken, release, seconds):
+            with files.hold_lock(path):  # another open file description: another holder
+                taken.set()
+                release.wait(seconds)
+
+        thread = threading.Thread(target=hold, args=(taken, release, held))
+        thread.start()
+        taken.wait()
+        try:
+            with files.hold_lock(path, grace=grace):
+                entered = True
+        except files.LockHeld:
+            entered = False
+        release.set()
+        thread.join()
+        assert entered == enters, (held, grace)
+
+
 def test_a_file_system_without_locks_warns_and_goes_on_unlocked(tmp_path, monkeypatch):
     def no_locks(f, how):
         raise OSError(errno.ENOLCK, "No locks available")

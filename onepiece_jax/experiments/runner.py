@@ -77,6 +77,7 @@ RECORD = "experiment.json"
 EXIT_PREEMPTED = 75  # a run process that was preempted and saved (EX_TEMPFAIL)
 EXIT_TAKEN = 76  # a run process that found its run being run by another invocation
 POLL_SECONDS = 5.0  # how often runs held by another invocation are checked again
+LOCK_GRACE_SECONDS = 1.0  # a run's lock held this long on end means another process runs it
 FETCHERS: Mapping[str, Callable[[Path], Path]] = {"ml100k": fetch_ml100k}
 SYNTHETIC_SEED = 0  # the logs are one fixed world; seeds vary the training
 
@@ -371,10 +372,12 @@ def run_holder(run: Run) -> str | None:
 
 
 def holding(run: Run):
-    """The run's lock, held for the block: ``RunTaken`` if another process holds it."""
-    return hold_lock(_side_file(run, "_locks", "lock"), busy=lambda holder: RunTaken(
-        f"suite {run.suite!r}, variant {run.variant.name!r}, seed {run.seed} is being run "
-        f"by {holder}", holder))
+    """The run's lock, held for the block: ``RunTaken`` if another process holds it (for
+    longer than ``run_holder``'s probe from the invocation that started this run would)."""
+    return hold_lock(_side_file(run, "_locks", "lock"), grace=LOCK_GRACE_SECONDS,
+                     busy=lambda holder: RunTaken(
+                         f"suite {run.suite!r}, variant {run.variant.name!r}, seed {run.seed} "
+                         f"is being run by {holder}", holder))
 
 
 def execute(run: Run, *, attention: bool = False) -> str:
