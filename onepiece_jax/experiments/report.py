@@ -326,14 +326,16 @@ def _runs_section(records: Sequence[RunRecord]) -> list[str]:
         step = r.result.get("checkpoint", {}).get("step", "–") if r.done else "–"
         seconds = r.record.get("seconds")
         status = _NOT_COUNTED.get(r.status) or _live_status(r)
+        value = r.result["metrics"].get(r.headline) if r.done else None
         rows.append([r.variant.name, str(r.seed), status,
                      str(epochs), str(best), str(step),
+                     f"{r.headline} {value:.4f}" if value is not None else "–",
                      f"{seconds:.0f}" if isinstance(seconds, int | float) else "–", r.digest])
         commands.append(f"- `{r.variant.name}` seed {r.seed}: `{r.command}`")
     total = sum(float(r.record.get("seconds", 0.0)) for r in records)
     return (["## Runs", "", f"Total wall time of the runs: {total / 60:.1f} min.", ""]
             + _md_table(["variant", "seed", "status", "epochs", "best epoch", "step (best)",
-                         "wall s", "config hash"], rows)
+                         "test (headline metric)", "wall s", "config hash"], rows)
             + ["", "<details><summary>Exact command of every run</summary>", "", *commands,
                "", "</details>", ""])
 

@@ -97,7 +97,8 @@ def test_the_runs_table_tells_a_running_run_from_one_that_was_killed(tmp_path):
                             budget="small", seeds=2, command="c", out_dir=tmp_path)
     assert "| a | 1 | interrupted: resumes when the suite runs again |" in text
     assert "| b | 1 | running: pid 7 on node-2 since 2026-12-07 |" in text
-    assert "| b | 0 | done |" in text
+    assert "| b | 0 | done | 2 | 2 | 9 | NDCG@10 0.2000 | 60 | d0 |" in text  # each run's figure
+    assert "| a | 1 | interrupted: resumes when the suite runs again | 2 | 2 | – | – |" in text
 
 
 def test_rows_on_other_protocols_are_named_apart_even_when_labels_hold_commas(tmp_path):
