@@ -474,9 +474,10 @@ def _save_attention(run: Run) -> None:
 
 
 def default_command(name: str, *, seeds: int, budget: str, out: Path, data_dir: Path,
-                    variants: Sequence[str] = ()) -> str:
+                    variants: Sequence[str] = (), restore: Sequence[str | Path] = ()) -> str:
     """The command a report names as its source; it keeps ``--variants``, since a report of some
-    rows is reproduced by training those rows, not the whole suite."""
+    rows is reproduced by training those rows, not the whole suite, and ``--restore``, since
+    the restored runs were not trained by it."""
     parts = ["onepiece", "experiment", "--suite", name, "--budget", budget, "--seeds", str(seeds)]
     if Path(out) != Path("runs/experiments"):
         parts += ["--out", str(out)]
@@ -484,6 +485,8 @@ def default_command(name: str, *, seeds: int, budget: str, out: Path, data_dir: 
         parts += ["--data-dir", str(data_dir)]
     if variants:
         parts += ["--variants", *variants]
+    if restore:
+        parts += ["--restore", *map(str, restore)]
     return shlex.join(parts)
 
 
@@ -515,7 +518,7 @@ def run_suite(name: str, *, seeds: int | None = None, budget: str = "small",
               flush=True)
     todo = [] if report_only else [run for run in runs if run.variant.name in only]
     command = command or default_command(name, seeds=seeds, budget=budget, out=out,
-                                         data_dir=data_dir, variants=variants)
+                                         data_dir=data_dir, variants=variants, restore=restore)
     start = time.perf_counter()
     if jobs == 1:
         waiting, elsewhere = list(range(1, len(todo) + 1)), _Elsewhere(todo)

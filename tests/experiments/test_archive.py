@@ -46,7 +46,7 @@ def test_runs_finished_elsewhere_are_restored_as_finished_and_reported_alike(
     second = run_suite("pop", restore=[archive], **_kwargs(tmp_path, "b", seeds=2))
     assert f"{archive}: 2 restored" in capsys.readouterr().out
     text = second.read_text()
-    assert "runs finished: 2 of 2" in text
+    assert "runs finished: 2 of 2" in text and f"--restore {archive}`" in text
     assert text.count("| done (restored from runs.json) |") == 2
     results = "## Results"
     assert text[text.index(results):text.index("## Runs")] == \
