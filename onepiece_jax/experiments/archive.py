@@ -32,13 +32,13 @@ MAPS = "attention.npz"  # the attention suite's maps, kept as nested lists
 
 
 def pack_runs(records: Sequence, *, suite: str, budget: str) -> dict[str, Any]:
-    """The archive of the finished ones of a report's ``RunRecord``s."""
+    """The archive of the finished ones of a report's ``RunRecord``s, from what the report
+    already read of them (only the attention maps are read here)."""
     runs = []
     for r in records:
         if not r.done:
             continue
-        files = {name: read_json(r.workdir / name, name) for name in FILES
-                 if (r.workdir / name).is_file()}
+        files: dict[str, Any] = dict(zip(FILES, (r.record, r.result, r.history), strict=True))
         if (r.workdir / MAPS).is_file():
             with np.load(r.workdir / MAPS) as maps:
                 files[MAPS] = {key: {"dtype": maps[key].dtype.str, "value": maps[key].tolist()}
@@ -77,35 +77,38 @@ def read_archive(path: str | Path, *, suite: str, budget: str) -> dict[str, Any]
     return archive
 
 
-def restore_runs(path: str | Path, runs: Sequence) -> collections.Counter:
-    """Puts the archived runs of ``runs`` (``runner.Run``s) back into their workdirs; returns
-    how many were restored and, by reason, how many were not."""
-    from onepiece_jax.experiments import runner
-
+def restore_runs(path: str | Path, runs: Sequence, *, suite: str,
+                 budget: str) -> collections.Counter:
+    """Puts the archived runs of ``runs`` (``runner.Run``s of ``suite`` at ``budget``) back into
+    their workdirs; returns how many were restored and, by reason, how many were not."""
     path = Path(path)
-    first = runs[0] if runs else None
-    archive = read_archive(path, suite=first.suite if first else "",
-                           budget=first.budget if first else "")
+    archive = read_archive(path, suite=suite, budget=budget)
     planned = {(run.variant.name, run.seed): run for run in runs}
     counts: collections.Counter = collections.Counter()
     for entry in archive["runs"]:
         run = planned.get((entry.get("variant"), entry.get("seed")))
-        why = "not in this plan (another variant, or a seed past --seeds)" if run is None else None
-        if run is not None and run.data_id is None:
-            why = "its data is missing here, so it cannot be checked"
-        elif run is not None and not runner.record_matches(entry["files"]["experiment.json"],
-                                                           run):
-            why = "made with another config or data than the suite's now"
-        if why is None:
-            try:
-                with runner.holding(run):
-                    why = None if runner.run_status(run) == "new" else "already here"
-                    if why is None:
-                        _put_back(run.workdir, entry["files"], source=path)
-            except runner.RunTaken:
-                why = "already here"
-        counts["restored" if why is None else why] += 1
+        counts[_restore(entry["files"], run, source=path)] += 1
     return counts
+
+
+def _restore(files: Mapping[str, Any], run, *, source: Path) -> str:
+    """Restores one archived run into ``run`` (None: not planned); returns what happened."""
+    from onepiece_jax.experiments import runner
+
+    if run is None:
+        return "not in this plan (another variant, or a seed past --seeds)"
+    if run.data_id is None:
+        return "its data is missing here, so it cannot be checked"
+    if not runner.record_matches(files["experiment.json"], run):
+        return "made with another config or data than the suite's now"
+    try:
+        with runner.holding(run):
+            if runner.run_status(run) != "new":
+                return "already here"
+            _put_back(run.workdir, files, source=source)
+    except runner.RunTaken:
+        return "already here"
+    return "restored"
 
 
 def _put_back(workdir: Path, files: Mapping[str, Any], *, source: Path) -> None:

@@ -513,7 +513,7 @@ def run_suite(name: str, *, seeds: int | None = None, budget: str = "small",
     runs = plan_runs(suite, seeds=seeds, budget=budget, out=out, data_dir=data_dir,
                      prepare=not report_only, only=only)
     for archive in restore:
-        counts = restore_runs(archive, runs)
+        counts = restore_runs(archive, runs, suite=name, budget=budget)
         print(f"{archive}: " + "; ".join(f"{n} {why}" for why, n in counts.most_common()),
               flush=True)
     todo = [] if report_only else [run for run in runs if run.variant.name in only]

@@ -85,7 +85,7 @@ def test_a_run_already_begun_here_is_not_overwritten_by_an_archived_one(tmp_path
                        data_dir=tmp_path / "data")
     run.workdir.mkdir(parents=True)
     runner._write_record(run, status="running", seconds=12.0)
-    assert restore_runs(archive, [run]) == {"already here": 1}
+    assert restore_runs(archive, [run], suite="pop", budget="tiny") == {"already here": 1}
     assert run_status(run) == "partial" and not (run.workdir / "results.json").exists()
 
 
