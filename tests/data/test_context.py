@@ -85,6 +85,26 @@ def test_leave_one_out_splits_hold_last_two_events_per_user():
     assert len(train) == n_train_targets
 
 
+def test_retrieval_behaviour_tasks_label_each_pool_item_by_its_own_level():
+    """The ratings-funnel curriculum (watched → rated ≥ 4): a pool item is positive for a
+    behaviour task when its own event reaches that level, whatever its place in the window."""
+    b = ContextBuilder(make_log(), ContextConfig(ih_max_len=8, pool_window=3,
+                                                 tasks=("view", "like")))
+    seen = 0
+    for key, ex in b.examples("train"):
+        user, t = (int(x) for x in key.split("-"))
+        sl = b._user_slice(user)
+        levels = b.behavior[sl][t:min(t + 3, sl.stop - sl.start - 2)]
+        want = np.zeros((3, 2), np.float32)
+        want[:levels.size, 0] = 1.0  # 'view': every event of the window
+        want[:levels.size, 1] = levels >= 2  # 'like': the events liked or bought
+        np.testing.assert_array_equal(ex["pool_label"], want)
+        seen += int(0 < want[:, 1].sum() < levels.size)
+    assert seen > 0  # some windows mix liked and unliked items
+    for _, ex in b.examples("test"):  # evaluation keeps the next item whatever its level
+        assert ex["target"] == ex["pool_item"][0]
+
+
 def test_train_fraction_keeps_a_nested_user_subset_of_training_examples_only():
     log = make_log(users=300, events=6000)
     full = ContextBuilder(log, ContextConfig(ih_max_len=4))
