@@ -101,7 +101,10 @@ def test_retrieval_behaviour_tasks_label_each_pool_item_by_its_own_level():
         np.testing.assert_array_equal(ex["pool_label"], want)
         seen += int(0 < want[:, 1].sum() < levels.size)
     assert seen > 0  # some windows mix liked and unliked items
-    for _, ex in b.examples("test"):  # evaluation keeps the next item whatever its level
+    plain = ContextBuilder(b.log, ContextConfig(ih_max_len=8, pool_window=3))
+    tests = list(b.examples("test"))  # evaluation keeps every next item whatever its level
+    assert [k for k, _ in tests] == [k for k, _ in plain.examples("test")]
+    for _, ex in tests:
         assert ex["target"] == ex["pool_item"][0]
 
 
