@@ -189,6 +189,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
     if config.loss.kind == "onepiece":
         _validate_loss_weights(config.mode, config.loss.weights)
     _validate_bce_negatives(config)
+    _validate_exclude_history(config)
     _validate_mesh(config.mesh)
     _validate_model(config)
 
@@ -260,6 +261,14 @@ def _validate_bce_negatives(config: ml_collections.ConfigDict) -> None:
                           "config.loss.negatives.uniform, .popular or .same_category > 0")
 
 
+def _validate_exclude_history(config: ml_collections.ConfigDict) -> None:
+    """Ranking scores a fixed candidate set and samples no negatives, so there the setting would
+    be silently ignored."""
+    if config.loss.negatives.exclude_history and config.mode != "retrieval":
+        raise ConfigError(f"config.loss.negatives.exclude_history=True applies to retrieval "
+                          f"only, not to mode={config.mode!r}")
+
+
 def _validate_time_precision(value: str) -> None:
     from onepiece_jax.data.readers.movielens import TIME_PRECISIONS
 
@@ -320,8 +329,11 @@ def base_config() -> ml_collections.ConfigDict:
         # retrieval BCE's negatives: "all" (every negative U2I sees) or "sampled" (the example's
         # own pool and sampled negatives, not the in-batch / catalogue ones)
         bce_negatives="all",
+        # exclude_history: the example's history items are not negatives (retrieval; also in
+        # SASRec's softmax), matching the history-excluded evaluation, which never ranks them
         negatives=ml_collections.ConfigDict(dict(uniform=20, popular=10, same_category=5,
-                                                 in_batch=True, catalogue=False))))
+                                                 in_batch=True, catalogue=False,
+                                                 exclude_history=False))))
     c.train = ml_collections.ConfigDict(dict(
         batch_size=256, epochs=20, learning_rate=1e-3, schedule="warmup_cosine",
         warmup_steps=200, weight_decay=0.0, clip_norm=1.0,  # clip_norm 0: no clipping

@@ -211,6 +211,7 @@ def next_item_softmax_loss(
     item_table: jax.Array,
     target: jax.Array,
     example_mask: jax.Array,
+    exclude: jax.Array | None = None,
 ) -> jax.Array:
     """Full-softmax next-item cross-entropy (the SASRec / RecBole "CE" baseline).
 
@@ -220,14 +221,20 @@ def next_item_softmax_loss(
         softmax (it is never a candidate).
       target: int32[B], the next item in 1..N.
       example_mask: bool[B], False for padded examples.
+      exclude: optional int32[B, E], items left out of example b's softmax (its history, with
+        ``loss.negatives.exclude_history``; 0 = padding); the target always stays in.
 
     Returns:
-      scalar, mean over valid examples of ``logsumexp_{v=1..N} ⟨u, z_v⟩ − ⟨u, z_target⟩``.
+      scalar, mean over valid examples of ``logsumexp_{v} ⟨u, z_v⟩ − ⟨u, z_target⟩`` over
+      v = 1..N, less ``exclude``'s items other than the target.
     """
     user_vec = jnp.where(example_mask[:, None], user_vec, 0.0)
     logits = user_vec @ item_table.T
-    real_item = jnp.arange(item_table.shape[0]) > 0
-    lse = _masked_logsumexp(logits, real_item[None, :], axis=-1)
+    candidate = jnp.broadcast_to(jnp.arange(item_table.shape[0]) > 0, logits.shape)
+    if exclude is not None:
+        rows = jnp.arange(logits.shape[0])[:, None]
+        candidate = candidate.at[rows, exclude].set(False).at[rows[:, 0], target].set(True)
+    lse = _masked_logsumexp(logits, candidate, axis=-1)
     target_logit = jnp.take_along_axis(logits, target[:, None], axis=-1)[:, 0]
     return _masked_mean_over_examples(lse - target_logit, example_mask)
 

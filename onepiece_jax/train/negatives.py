@@ -11,6 +11,10 @@ per-source counts needs to be static.
 for in-batch negatives). Samplers do not reject them, which would need a data-dependent loop;
 instead ``negative_mask`` marks each collision False so that the loss *drops* it — a collision is
 never counted as a negative.
+
+**History.** With ``loss.negatives.exclude_history`` the items of the example's history (IH) are
+dropped as negatives too: under the history-excluded evaluation (HSTU's protocol) they are never
+ranked, so pushing them down only teaches the model what the metric does not ask.
 """
 
 from __future__ import annotations
@@ -193,3 +197,12 @@ def sample_negatives(
     if not parts:
         return jnp.zeros((batch, 0), jnp.int32)
     return jnp.concatenate(parts, axis=-1)
+
+
+def catalogue_mask(excluded: jax.Array, num_items: int) -> jax.Array:
+    """bool[B, N]: column v-1 is True where item v (1..N) is a usable catalogue negative for
+    example b, i.e. not among ``excluded: int32[B, E]`` (its positives, and its history with
+    ``exclude_history``; 0 = padding). A scatter, so it costs B·(N + E), not B·N·E."""
+    rows = jnp.arange(excluded.shape[0])[:, None]
+    seen = jnp.zeros((excluded.shape[0], num_items + 1), bool).at[rows, excluded].set(True)
+    return ~seen[:, 1:]

@@ -32,6 +32,7 @@ class Objective:
     catalogue: bool = False  # every item is a negative (exact U2I softmax; small catalogues)
     weights: tuple[tuple[str, float], ...] = ()  # per loss term; a term not named weighs 1
     bce_on_shared: bool = True  # BCE also over in-batch / catalogue negatives (loss.bce_negatives)
+    exclude_history: bool = False  # the example's IH items are not negatives (negatives.py)
 
     @classmethod
     def from_config(cls, config) -> Objective:
@@ -46,7 +47,8 @@ class Objective:
             negative_counts=tuple((s, int(neg.get(s, 0))) for s in negatives.SOURCES),
             in_batch=bool(neg.in_batch), catalogue=bool(neg.catalogue),
             weights=tuple((name, float(w)) for name, w in loss.weights.items()),
-            bce_on_shared=loss.bce_negatives == "all")
+            bce_on_shared=loss.bce_negatives == "all",
+            exclude_history=bool(neg.exclude_history))
 
     def weighted(self, parts: dict[str, jax.Array]) -> jax.Array:
         """Σ weight · term over one step's named terms; a weight-0 term is left out of the sum
@@ -61,6 +63,15 @@ class Objective:
         return max(step for step, _ in self.assignment)
 
 
+def excluded_items(objective: Objective, batch: dict) -> jax.Array:
+    """int32[B, E]: the ids no negative may take for each example: its pool's positives, plus
+    its history with ``exclude_history`` (0 = padding, never a negative anyway)."""
+    pool = batch["pool_item"]
+    if not objective.exclude_history:
+        return pool
+    return jnp.concatenate([pool, batch["ih_item"].astype(pool.dtype)], axis=1)
+
+
 def retrieval_pool(objective: Objective, batch: dict, tables: negatives.NegativeTables,
                    key: jax.Array, item_vectors
                    ) -> tuple[jax.Array, jax.Array | None, jax.Array, jax.Array]:
@@ -72,28 +83,26 @@ def retrieval_pool(objective: Objective, batch: dict, tables: negatives.Negative
     Returns ``item_vec: f32[B, P, d]`` (pool and sampled negatives), ``shared_vec: f32[S, d]`` or
     None (the common negatives, pool columns P..P+S), ``labels: f32[B, P + S, T]`` (negatives are
     0 for every task) and ``valid: bool[B, P + S]`` (padding and negatives that collide with a
-    positive dropped).
+    positive, or with ``exclude_history`` a history item, dropped).
     """
     pool, pool_label = batch["pool_item"], batch["pool_label"]
+    excluded = excluded_items(objective, batch)
     parts, valids = [pool], [pool > 0]
     counts = dict(objective.negative_counts)
     if any(counts.values()):
         sampled = negatives.sample_negatives(key, pool, counts, tables)
         parts.append(sampled)
-        valids.append(negatives.negative_mask(sampled, pool))
+        valids.append(negatives.negative_mask(sampled, excluded))
     item_vec = item_vectors(jnp.concatenate(parts, axis=1))
-    batch_size = pool.shape[0]
     shared = []  # negatives common to every example: their vectors are computed once
     if objective.in_batch:
         targets = (batch["target"] * batch["example_mask"])[:, None]
         ids, mask = negatives.in_batch_negatives(targets)
-        valids.append(mask & negatives.negative_mask(ids, pool))
+        valids.append(mask & negatives.negative_mask(ids, excluded))
         shared.append(targets[:, 0])
     if objective.catalogue:
-        all_items = jnp.arange(1, tables.num_items + 1, dtype=jnp.int32)
-        ids = jnp.broadcast_to(all_items[None], (batch_size, all_items.shape[0]))
-        valids.append(negatives.negative_mask(ids, pool))
-        shared.append(all_items)
+        valids.append(negatives.catalogue_mask(excluded, tables.num_items))
+        shared.append(jnp.arange(1, tables.num_items + 1, dtype=jnp.int32))
     shared_vec = item_vectors(jnp.concatenate(shared)) if shared else None
     valid = jnp.concatenate(valids, axis=1)
     extra = valid.shape[1] - pool.shape[1]
@@ -127,8 +136,9 @@ def compute_loss(objective: Objective, model, params: Any, batch: dict, catalog:
         n = tables.num_items + 1  # not the catalog's rows: those may be padded for sharding
         table = model.apply(variables, jnp.arange(n, dtype=jnp.int32), catalog,
                             method="item_vectors")
-        total = losses.next_item_softmax_loss(out["user_vectors"][objective.served_step], table,
-                                              batch["target"], mask)
+        total = losses.next_item_softmax_loss(
+            out["user_vectors"][objective.served_step], table, batch["target"], mask,
+            exclude=batch["ih_item"] if objective.exclude_history else None)
         metrics["ce"] = total
     elif objective.mode == "retrieval":
         item_vec, shared_vec, labels, valid = retrieval_pool(

@@ -205,6 +205,22 @@ def test_next_item_softmax_matches_reference_and_never_ranks_padding_row():
     assert float(next_item_softmax_loss(user, table, target, example_mask)) == pytest.approx(loss)
 
 
+def test_next_item_softmax_leaves_excluded_items_out_but_always_keeps_the_target():
+    rng = np.random.default_rng(5)
+    user = rng.normal(size=(2, 4)).astype(np.float32)
+    table = rng.normal(size=(7, 4)).astype(np.float32)
+    target = np.array([3, 6], np.int32)
+    exclude = np.array([[1, 3, 0], [2, 4, 5]], np.int32)  # example 0's target is in its history
+    loss = float(next_item_softmax_loss(user, table, target, np.ones(2, bool), exclude=exclude))
+    reference = 0.0
+    for b, kept in enumerate(([2, 3, 4, 5, 6], [1, 3, 6])):
+        logits = {v: float(user[b] @ table[v]) for v in kept}
+        reference += -logits[target[b]] + math.log(sum(math.exp(x) for x in logits.values()))
+    np.testing.assert_allclose(loss, reference / 2, rtol=1e-5)
+    plain = float(next_item_softmax_loss(user, table, target, np.ones(2, bool)))
+    assert loss < plain
+
+
 def test_sampled_softmax_with_logq_and_dropped_negatives_matches_reference():
     rng = np.random.default_rng(4)
     user = rng.normal(size=(2, 3)).astype(np.float32)

@@ -11,6 +11,7 @@ import pytest
 
 from onepiece_jax.train.negatives import (
     build_negative_tables,
+    catalogue_mask,
     in_batch_negatives,
     negative_mask,
     popular_negatives,
@@ -102,6 +103,17 @@ def test_negative_mask_drops_collisions_and_padding():
     np.testing.assert_array_equal(
         negative_mask(negatives, positives),
         [[True, False, False, True], [False, False, True, False]])
+
+
+def test_catalogue_mask_drops_exactly_the_excluded_items_like_negative_mask():
+    excluded = jnp.array([[3, 0, 3, 6], [1, 2, 0, 0], [0, 0, 0, 0]], jnp.int32)
+    mask = catalogue_mask(excluded, 6)
+    np.testing.assert_array_equal(mask, [
+        [True, True, False, True, True, False],
+        [False, False, True, True, True, True],
+        [True] * 6])
+    every_item = jnp.broadcast_to(jnp.arange(1, 7, dtype=jnp.int32), (3, 6))
+    np.testing.assert_array_equal(mask, negative_mask(every_item, excluded))
 
 
 def test_in_batch_negatives_are_other_examples_positives():

@@ -85,6 +85,44 @@ def test_compute_loss_keeps_in_batch_negatives_out_of_bce_when_told(retrieval_jo
     assert all(float(own[k]) == float(every[k]) for k in every if k.startswith(("u2i/", "i2u/")))
 
 
+def test_exclude_history_drops_the_examples_history_items_from_its_negatives(retrieval_job):
+    from onepiece_jax.train.objective import retrieval_pool
+
+    job, params, batch = retrieval_job
+    base = dataclasses.replace(job.objective, catalogue=True)
+    vectors = lambda ids: job.model.apply({"params": params}, ids, job.catalog,  # noqa: E731
+                                          method="item_vectors")
+    key = jax.random.key(2)
+    _, _, _, plain = retrieval_pool(base, batch, job.tables, key, vectors)
+    _, _, _, kept = retrieval_pool(dataclasses.replace(base, exclude_history=True), batch,
+                                   job.tables, key, vectors)
+    pool_width = batch["pool_item"].shape[1]
+    sampled = sum(n for _, n in base.negative_counts)
+    in_batch = batch["target"].shape[0] if base.in_batch else 0
+    catalogue_ids = np.arange(1, job.tables.num_items + 1)
+    history = np.asarray(batch["ih_item"])
+    dropped = np.asarray(plain & ~kept)
+    assert not np.any(np.asarray(kept & ~plain))  # only ever drops
+    assert dropped.any()
+    for b in range(history.shape[0]):
+        seen = set(history[b][history[b] > 0].tolist())
+        cat = dropped[b, pool_width + sampled + in_batch:]
+        assert set(catalogue_ids[cat].tolist()) == seen - set(np.asarray(batch["pool_item"][b]))
+        assert not dropped[b, :pool_width].any()  # positives stay
+
+
+def test_exclude_history_reaches_the_objective_and_is_refused_for_ranking():
+    config = base_config()
+    apply_overrides(config, ["--config.loss.negatives.exclude_history=True",
+                             "--config.mode=ranking"])
+    with pytest.raises(ConfigError, match=r"config.loss.negatives.exclude_history=True applies "
+                                          r"to retrieval only, not to mode='ranking'"):
+        validate(config)
+    config.mode = "retrieval"
+    validate(config)
+    assert Objective.from_config(config).exclude_history
+
+
 @pytest.mark.parametrize("overrides, message", [
     (["--config.loss.bce_negatives=some"],
      r"config.loss.bce_negatives='some': expected 'all' or 'sampled'"),
