@@ -19,6 +19,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from onepiece_jax.train.negatives import catalogue_mask
+
 # Stand-in for -inf in masked log-sum-exps: finite, so fully masked rows stay NaN-free in both the
 # value and the gradient, and far below any realistic score / temperature.
 _MASKED_LOGIT = -1e9
@@ -230,10 +232,10 @@ def next_item_softmax_loss(
     """
     user_vec = jnp.where(example_mask[:, None], user_vec, 0.0)
     logits = user_vec @ item_table.T
-    candidate = jnp.broadcast_to(jnp.arange(item_table.shape[0]) > 0, logits.shape)
+    candidate = (jnp.arange(item_table.shape[0]) > 0)[None, :]
     if exclude is not None:
-        rows = jnp.arange(logits.shape[0])[:, None]
-        candidate = candidate.at[rows, exclude].set(False).at[rows[:, 0], target].set(True)
+        kept = jnp.pad(catalogue_mask(exclude, item_table.shape[0] - 1), ((0, 0), (1, 0)))
+        candidate = kept.at[jnp.arange(logits.shape[0]), target].set(True)
     lse = _masked_logsumexp(logits, candidate, axis=-1)
     target_logit = jnp.take_along_axis(logits, target[:, None], axis=-1)[:, 0]
     return _masked_mean_over_examples(lse - target_logit, example_mask)
